@@ -1,0 +1,41 @@
+"""The `omnilive` command: one entry point, one module per subcommand."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from avatar_server.commands import COMMAND_MODULES
+from model.errors import InputError
+
+logger = logging.getLogger("omnilive")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Parser with every subcommand registered by its module."""
+    parser = argparse.ArgumentParser(prog="omnilive", description="Real-time talking-body avatars.")
+    parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
+    subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"avatar_server.commands.{name}").register(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; bad input ends with a one-line message and exit code 2."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except InputError as error:
+        print(f"omnilive {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,4 @@
+"""Subcommands of `omnilive`; each module has `register(subparsers)` that sets `func(args) -> int`."""
+
+COMMAND_MODULES: tuple[str, ...] = (
+)
