@@ -1,0 +1,156 @@
+"""FrameVAE: a per-frame autoencoder (diffusers AutoencoderTiny) between RGB frames and DiT latents."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderTiny
+from torch import nn
+
+from model.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+
+#################################################################################
+#                                   FrameVAE                                    #
+#################################################################################
+
+class FrameVAE(nn.Module):
+    """AutoencoderTiny with latent scaling: frames in [-1, 1] <-> scaled latents for the DiT."""
+
+    def __init__(self, autoencoder: AutoencoderTiny):
+        super().__init__()
+        self.autoencoder = autoencoder
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def build(
+        cls,
+        latent_channels: int,
+        block_out_channels: tuple[int, ...] | list[int],
+        num_encoder_blocks: tuple[int, ...] | list[int],
+        num_decoder_blocks: tuple[int, ...] | list[int],
+        scaling_factor: float = 1.0,
+        shift_factor: float = 0.0,
+    ) -> "FrameVAE":
+        """A randomly initialised VAE; len(block_out_channels) stages give 2**(stages-1) down-sampling."""
+        if not (len(block_out_channels) == len(num_encoder_blocks) == len(num_decoder_blocks)):
+            raise ValueError("block_out_channels, num_encoder_blocks and num_decoder_blocks need one entry per stage")
+        autoencoder = AutoencoderTiny(
+            in_channels=3,
+            out_channels=3,
+            encoder_block_out_channels=tuple(block_out_channels),
+            decoder_block_out_channels=tuple(block_out_channels),
+            latent_channels=latent_channels,
+            num_encoder_blocks=tuple(num_encoder_blocks),
+            num_decoder_blocks=tuple(num_decoder_blocks),
+            scaling_factor=scaling_factor,
+            shift_factor=shift_factor,
+        )
+        return cls(autoencoder)
+
+    @classmethod
+    def from_config(cls, config) -> "FrameVAE":
+        """A randomly initialised VAE sized by the model config's `vae` section."""
+        return cls.build(
+            latent_channels=config.latent_channels,
+            block_out_channels=config.block_out_channels,
+            num_encoder_blocks=config.num_encoder_blocks,
+            num_decoder_blocks=config.num_decoder_blocks,
+            scaling_factor=getattr(config, "scaling_factor", 1.0),
+            shift_factor=getattr(config, "shift_factor", 0.0),
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "FrameVAE":
+        """Load a folder written by `save_pretrained` (config.json + safetensors); never downloads."""
+        path = Path(path)
+        if not (path / "config.json").is_file():
+            raise InputError(f"no VAE checkpoint in {path} (config.json missing)")
+        autoencoder = AutoencoderTiny.from_pretrained(str(path), local_files_only=True)
+        return cls(autoencoder).to(device).eval()
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write config.json + diffusion_pytorch_model.safetensors into `path`."""
+        self.autoencoder.save_pretrained(str(path), safe_serialization=True)
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def latent_channels(self) -> int:
+        """Channels of one latent frame."""
+        return int(self.autoencoder.config.latent_channels)
+
+    @property
+    def downsample(self) -> int:
+        """Spatial down-sampling factor (pixels per latent cell along one side)."""
+        return 2 ** (len(self.autoencoder.config.encoder_block_out_channels) - 1)
+
+    @property
+    def scaling_factor(self) -> float:
+        """Multiplier that brings raw latents to roughly unit variance."""
+        return float(self.autoencoder.config.scaling_factor)
+
+    @property
+    def shift_factor(self) -> float:
+        """Offset subtracted from raw latents before scaling."""
+        return float(self.autoencoder.config.shift_factor or 0.0)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the weights."""
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the weights."""
+        return next(self.parameters()).dtype
+
+    # ---------------------------------------------------------------- encode / decode
+
+    def latent_size(self, height: int, width: int) -> tuple[int, int]:
+        """Latent grid (h, w) of a frame of `height` x `width` pixels."""
+        if height % self.downsample or width % self.downsample:
+            raise ValueError(f"frame size {height}x{width} is not a multiple of {self.downsample}")
+        return height // self.downsample, width // self.downsample
+
+    def encode(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames [N, 3, H, W] (uint8 0..255, or float in [-1, 1]) -> scaled latents [N, C, H/d, W/d]."""
+        if frames.ndim != 4 or frames.shape[1] != 3:
+            raise ValueError(f"expected frames [N, 3, H, W], got {tuple(frames.shape)}")
+        self.latent_size(frames.shape[-2], frames.shape[-1])
+        pixels = to_signed_unit(frames).to(device=self.device, dtype=self.dtype)
+        raw = self.autoencoder.encode(pixels).latents
+        return (raw - self.shift_factor) * self.scaling_factor
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents [N, C, h, w] -> frames float [N, 3, h*d, w*d] in [-1, 1]."""
+        if latents.ndim != 4 or latents.shape[1] != self.latent_channels:
+            raise ValueError(f"expected latents [N, {self.latent_channels}, h, w], got {tuple(latents.shape)}")
+        raw = latents.to(device=self.device, dtype=self.dtype) / self.scaling_factor + self.shift_factor
+        return self.autoencoder.decode(raw).sample.clamp(-1.0, 1.0)
+
+    def decode_uint8(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents [N, C, h, w] -> uint8 frames [N, H, W, 3] on the CPU (ready for video)."""
+        return to_uint8_hwc(self.decode(latents))
+
+
+#################################################################################
+#                              Pixel conversions                                #
+#################################################################################
+
+def to_signed_unit(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float [-1, 1]; float input is passed through as float32."""
+    if frames.dtype == torch.uint8:
+        return frames.float().div(127.5).sub(1.0)
+    return frames.float()
+
+
+def to_uint8_hwc(frames: torch.Tensor) -> torch.Tensor:
+    """Float frames [N, 3, H, W] in [-1, 1] -> uint8 [N, H, W, 3] on the CPU."""
+    pixels = frames.detach().float().clamp(-1.0, 1.0).add(1.0).mul(127.5).round()
+    return pixels.to(torch.uint8).permute(0, 2, 3, 1).contiguous().cpu()

@@ -1,0 +1,76 @@
+"""FrameVAE: shapes of a round trip, uint8/float inputs, save -> load gives identical outputs."""
+
+import pytest
+import torch
+
+from model.errors import InputError
+from model.vae import FrameVAE, to_uint8_hwc
+
+
+def _tiny_vae() -> FrameVAE:
+    torch.manual_seed(0)
+    return FrameVAE.build(
+        latent_channels=4, block_out_channels=(8, 8, 8, 8), num_encoder_blocks=(1, 1, 1, 1),
+        num_decoder_blocks=(1, 1, 1, 1), scaling_factor=1.5,
+    ).eval()
+
+
+def test_round_trip_shapes_non_square():
+    vae = _tiny_vae()
+    frames = torch.randint(0, 256, (3, 3, 64, 96), dtype=torch.uint8)
+    with torch.inference_mode():
+        latents = vae.encode(frames)
+        decoded = vae.decode(latents)
+    assert vae.downsample == 8
+    assert latents.shape == (3, 4, 8, 12)
+    assert decoded.shape == (3, 3, 64, 96)
+    assert decoded.min() >= -1 and decoded.max() <= 1
+    assert vae.decode_uint8(latents).shape == (3, 64, 96, 3)
+
+
+def test_uint8_and_float_inputs_agree():
+    vae = _tiny_vae()
+    frames = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        from_uint8 = vae.encode(frames)
+        from_float = vae.encode(frames.float() / 127.5 - 1)
+    torch.testing.assert_close(from_uint8, from_float)
+
+
+def test_scaling_factor_applies_to_latents():
+    vae = _tiny_vae()
+    frames = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    with torch.inference_mode():
+        raw = vae.autoencoder.encode(frames.float() / 127.5 - 1).latents
+        torch.testing.assert_close(vae.encode(frames), raw * 1.5)
+
+
+def test_bad_sizes_are_rejected():
+    vae = _tiny_vae()
+    with pytest.raises(ValueError):
+        vae.encode(torch.zeros(1, 3, 30, 32))
+    with pytest.raises(ValueError):
+        vae.decode(torch.zeros(1, 5, 4, 4))
+
+
+def test_save_load_identical(tmp_path):
+    vae = _tiny_vae()
+    vae.save_pretrained(tmp_path / "vae")
+    assert (tmp_path / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    loaded = FrameVAE.from_pretrained(tmp_path / "vae")
+    frames = torch.randint(0, 256, (2, 3, 32, 48), dtype=torch.uint8)
+    with torch.inference_mode():
+        assert torch.equal(vae.encode(frames), loaded.encode(frames))
+        latents = torch.randn(2, 4, 4, 6)
+        assert torch.equal(vae.decode(latents), loaded.decode(latents))
+    assert loaded.scaling_factor == 1.5
+
+
+def test_missing_checkpoint_is_input_error(tmp_path):
+    with pytest.raises(InputError):
+        FrameVAE.from_pretrained(tmp_path / "nothing")
+
+
+def test_to_uint8_hwc_maps_range():
+    frames = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)
+    assert to_uint8_hwc(frames).flatten().tolist() == [0, 128, 255]
