@@ -9,6 +9,7 @@ import torch
 from diffusers import AutoencoderTiny
 from torch import nn
 
+from model.config import VAESection
 from model.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -28,42 +29,9 @@ class FrameVAE(nn.Module):
     # ---------------------------------------------------------------- construction
 
     @classmethod
-    def build(
-        cls,
-        latent_channels: int,
-        block_out_channels: tuple[int, ...] | list[int],
-        num_encoder_blocks: tuple[int, ...] | list[int],
-        num_decoder_blocks: tuple[int, ...] | list[int],
-        scaling_factor: float = 1.0,
-        shift_factor: float = 0.0,
-    ) -> "FrameVAE":
-        """A randomly initialised VAE; len(block_out_channels) stages give 2**(stages-1) down-sampling."""
-        if not (len(block_out_channels) == len(num_encoder_blocks) == len(num_decoder_blocks)):
-            raise ValueError("block_out_channels, num_encoder_blocks and num_decoder_blocks need one entry per stage")
-        autoencoder = AutoencoderTiny(
-            in_channels=3,
-            out_channels=3,
-            encoder_block_out_channels=tuple(block_out_channels),
-            decoder_block_out_channels=tuple(block_out_channels),
-            latent_channels=latent_channels,
-            num_encoder_blocks=tuple(num_encoder_blocks),
-            num_decoder_blocks=tuple(num_decoder_blocks),
-            scaling_factor=scaling_factor,
-            shift_factor=shift_factor,
-        )
-        return cls(autoencoder)
-
-    @classmethod
-    def from_config(cls, config) -> "FrameVAE":
+    def from_config(cls, section: VAESection) -> "FrameVAE":
         """A randomly initialised VAE sized by the model config's `vae` section."""
-        return cls.build(
-            latent_channels=config.latent_channels,
-            block_out_channels=config.block_out_channels,
-            num_encoder_blocks=config.num_encoder_blocks,
-            num_decoder_blocks=config.num_decoder_blocks,
-            scaling_factor=getattr(config, "scaling_factor", 1.0),
-            shift_factor=getattr(config, "shift_factor", 0.0),
-        )
+        return cls(AutoencoderTiny(**section.model_dump()))
 
     @classmethod
     def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu") -> "FrameVAE":

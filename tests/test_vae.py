@@ -3,16 +3,18 @@
 import pytest
 import torch
 
+from model.config import VAESection, load_model_config
 from model.errors import InputError
 from model.vae import FrameVAE, to_uint8_hwc
 
 
 def _tiny_vae() -> FrameVAE:
     torch.manual_seed(0)
-    return FrameVAE.build(
-        latent_channels=4, block_out_channels=(8, 8, 8, 8), num_encoder_blocks=(1, 1, 1, 1),
-        num_decoder_blocks=(1, 1, 1, 1), scaling_factor=1.5,
-    ).eval()
+    section = VAESection(
+        latent_channels=4, encoder_block_out_channels=(8, 8, 8, 8), decoder_block_out_channels=(8, 8, 8, 8),
+        scaling_factor=1.5,
+    )
+    return FrameVAE.from_config(section).eval()
 
 
 def test_round_trip_shapes_non_square():
@@ -74,3 +76,12 @@ def test_missing_checkpoint_is_input_error(tmp_path):
 def test_to_uint8_hwc_maps_range():
     frames = torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1)
     assert to_uint8_hwc(frames).flatten().tolist() == [0, 128, 255]
+
+
+def test_tiny_config_vae_matches_video_size():
+    config = load_model_config("tiny")
+    vae = FrameVAE.from_config(config.vae).eval()
+    frames = torch.zeros(1, 3, config.video.height, config.video.width, dtype=torch.uint8)
+    with torch.inference_mode():
+        latents = vae.encode(frames)
+    assert latents.shape == (1, config.vae.latent_channels, config.latent_height, config.latent_width)

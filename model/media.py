@@ -1,0 +1,163 @@
+"""Media files: read and validate reference images, audio and pose files; write H.264 + AAC mp4."""
+
+from __future__ import annotations
+
+import logging
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from model.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+AAC_FRAME_SAMPLES = 1024   # samples per AAC frame
+AUDIO_BITRATE = 128_000
+VIDEO_CRF = "20"
+
+
+#################################################################################
+#                                    Reading                                    #
+#################################################################################
+
+def _existing_file(path: str | Path, what: str) -> Path:
+    """The path as a Path, or InputError when it is missing or not a regular file."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{what} file not found: {path}")
+    if not path.is_file():
+        raise InputError(f"{what} path is not a file: {path}")
+    return path
+
+
+def load_image(path: str | Path) -> Image.Image:
+    """Decode an image file into RGB; InputError when missing or not a decodable image."""
+    path = _existing_file(path, "image")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            rgb = image.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as error:
+        raise InputError(f"cannot decode image {path}: {error}") from error
+    if rgb.width < 1 or rgb.height < 1:
+        raise InputError(f"image {path} is empty")
+    return rgb
+
+
+def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
+    """Decode the first audio stream of any container as float32 mono at `sample_rate`; InputError if none."""
+    path = _existing_file(path, "audio")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError) as error:
+        raise InputError(f"cannot read audio from {path}: not an audio or video file ({error})") from error
+    with container:
+        if not container.streams.audio:
+            raise InputError(f"{path} has no audio stream")
+        resampler = av.AudioResampler(format="flt", layout="mono", rate=sample_rate)
+        pieces: list[np.ndarray] = []
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                for out in resampler.resample(frame):
+                    pieces.append(out.to_ndarray().reshape(-1))
+            for out in resampler.resample(None):
+                pieces.append(out.to_ndarray().reshape(-1))
+        except (av.error.FFmpegError, ValueError) as error:
+            raise InputError(f"cannot decode audio in {path}: {error}") from error
+    samples = np.concatenate(pieces).astype(np.float32) if pieces else np.zeros(0, np.float32)
+    if samples.size == 0:
+        raise InputError(f"audio in {path} is empty (0 samples)")
+    if not np.isfinite(samples).all():
+        raise InputError(f"audio in {path} has non-finite samples")
+    return samples
+
+
+def load_pose(path: str | Path, num_keypoints: int) -> tuple[np.ndarray, np.ndarray]:
+    """Read a keypoints.npz (xy [T, K, 2] in [0, 1], visibility [T, K]); InputError when malformed."""
+    path = _existing_file(path, "pose")
+    try:
+        with np.load(path) as data:
+            xy = np.asarray(data["xy"], dtype=np.float32)
+            visibility = np.asarray(data["visibility"], dtype=np.float32) if "visibility" in data else None
+    except KeyError as error:
+        raise InputError(f"pose file {path} has no 'xy' array") from error
+    except (OSError, ValueError) as error:
+        raise InputError(f"cannot read pose file {path} (expected .npz with xy [T, K, 2]): {error}") from error
+    if xy.ndim != 3 or xy.shape[1:] != (num_keypoints, 2) or xy.shape[0] == 0:
+        raise InputError(f"pose xy in {path} must be [T, {num_keypoints}, 2], got {list(xy.shape)}")
+    if visibility is None:
+        visibility = np.ones(xy.shape[:2], np.float32)
+    if visibility.shape != xy.shape[:2]:
+        raise InputError(f"pose visibility in {path} must be [T, {num_keypoints}], got {list(visibility.shape)}")
+    if not np.isfinite(xy).all():
+        raise InputError(f"pose xy in {path} has non-finite values")
+    return xy, visibility
+
+
+#################################################################################
+#                                    Writing                                    #
+#################################################################################
+
+def check_writable(path: str | Path) -> Path:
+    """Fail early (InputError) when `path` cannot be created: missing folder, no permission, a folder."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise InputError(f"output path is a folder: {path}")
+    if not parent.is_dir():
+        raise InputError(f"output folder does not exist: {parent}")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise InputError(f"output path is not writable: {path}")
+    return path
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int, audio: np.ndarray, sample_rate: int) -> None:
+    """Mux uint8 frames [T, H, W, 3] (H.264) with float32 mono audio (AAC); audio padded/cut to T / fps."""
+    path = check_writable(path)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
+    num_frames, height, width, _ = frames.shape
+    duration_samples = round(num_frames * sample_rate / fps)
+    track = np.zeros(duration_samples, np.float32)
+    track[: min(len(audio), duration_samples)] = audio[:duration_samples]
+    try:
+        container = av.open(str(path), mode="w", format="mp4")
+    except (av.error.FFmpegError, OSError) as error:
+        raise InputError(f"cannot write {path}: {error}") from error
+    with container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.options = {"crf": VIDEO_CRF, "preset": "veryfast"}
+        sound = container.add_stream("aac", rate=sample_rate)
+        sound.layout = "mono"
+        sound.bit_rate = AUDIO_BITRATE
+        samples_written = 0
+        for index, rgb in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+            frame.pts = index
+            frame.time_base = Fraction(1, fps)
+            container.mux(video.encode(frame))
+            # interleave: audio up to the end of this video frame
+            samples_written = _mux_audio(container, sound, track, samples_written, (index + 1) * sample_rate // fps)
+        _mux_audio(container, sound, track, samples_written, duration_samples)
+        container.mux(video.encode(None))
+        container.mux(sound.encode(None))
+    logger.info("wrote %s: %d frames at %d fps, %.2f s of audio", path, num_frames, fps, duration_samples / sample_rate)
+
+
+def _mux_audio(container, stream, track: np.ndarray, start: int, stop: int) -> int:
+    """Encode whole AAC frames of `track` from `start` up to `stop` (the tail at the end); returns the new start."""
+    sample_rate = stream.codec_context.sample_rate
+    while start < stop and (stop - start >= AAC_FRAME_SAMPLES or stop == len(track)):
+        piece = track[start : start + AAC_FRAME_SAMPLES]
+        frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="fltp", layout="mono")
+        frame.sample_rate = sample_rate
+        frame.pts = start
+        frame.time_base = Fraction(1, sample_rate)
+        container.mux(stream.encode(frame))
+        start += len(piece)
+    return start
