@@ -1,4 +1,5 @@
 """Subcommands of `omnilive`; each module has `register(subparsers)` that sets `func(args) -> int`."""
 
 COMMAND_MODULES: tuple[str, ...] = (
+    "train",
 )

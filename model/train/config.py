@@ -1,0 +1,192 @@
+"""Typed training configuration (pydantic) loaded from configs/train/*.yaml."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from model.errors import InputError
+
+CONDITIONS: tuple[str, ...] = ("reference", "text", "audio", "pose")
+
+
+class _Strict(BaseModel):
+    """Base: unknown keys are errors, so a typo in a YAML file never passes silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+#################################################################################
+#                                  Sections                                     #
+#################################################################################
+
+class DataConfig(_Strict):
+    """Where clips come from and where their pre-encoded features are cached."""
+
+    root: str
+    split: str = "train"
+    cache_dir: str
+    max_clips: int | None = None
+    holdout_clips: int = Field(4, ge=0, description="clips of the split kept aside for held-out metrics")
+    workers: int = Field(0, ge=0)
+
+
+class OptimConfig(_Strict):
+    """AdamW with linear warm-up, gradient clipping and an EMA of the weights."""
+
+    lr: float = 2e-4
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.99)
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    ema_start: int = 0
+
+
+class RunConfig(_Strict):
+    """Step budget, logging, checkpointing and the numeric switches."""
+
+    output_dir: str
+    steps: int = Field(ge=1)
+    batch_size: int = Field(8, ge=1)
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 200
+    keep_checkpoints: int = 2
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    gradient_checkpointing: bool = False
+    threads: int | None = None
+
+
+class VaeLossConfig(_Strict):
+    """Perceptual-free reconstruction losses; regions (mouth, hands) get extra weight."""
+
+    l1: float = 1.0
+    l2: float = 0.0
+    gradient: float = 0.5
+    ssim: float = 0.2
+    mouth_weight: float = 4.0
+    hand_weight: float = 3.0
+    face_weight: float = 1.5
+    region_margin: float = 0.35
+    latent_l2: float = 1e-4
+
+
+class VaeTrainConfig(_Strict):
+    """`kind: vae`: train the frame VAE of a model config on clip frames."""
+
+    kind: Literal["vae"]
+    model: str
+    data: DataConfig
+    run: RunConfig
+    optim: OptimConfig = OptimConfig()
+    loss: VaeLossConfig = VaeLossConfig()
+    crop: int = Field(128, description="square training crop in pixels (frames are resized to the model size first)")
+
+
+class StageConfig(_Strict):
+    """One omni-conditions stage: how many steps, and the probability each condition is kept."""
+
+    name: str
+    steps: int = Field(ge=1)
+    ratios: dict[str, float]
+
+    @model_validator(mode="after")
+    def _check_ratios(self) -> "StageConfig":
+        for key, value in self.ratios.items():
+            if key not in CONDITIONS:
+                raise ValueError(f"stage {self.name!r}: unknown condition {key!r} (known: {', '.join(CONDITIONS)})")
+            if not 0.0 <= value <= 1.0:
+                raise ValueError(f"stage {self.name!r}: ratio of {key} must lie in [0, 1], got {value}")
+        return self
+
+    def ratio(self, condition: str) -> float:
+        """Probability that `condition` is present in a training sample of this stage (absent key = 0)."""
+        return float(self.ratios.get(condition, 0.0))
+
+
+class SampleConfig(_Strict):
+    """How a training sample mirrors one streaming step: reference | M context | F chunk."""
+
+    context_noise_max: float = Field(0.1, ge=0.0, le=1.0, description="context frames are noised at t ~ U(0, max)")
+    context_clean_prob: float = Field(0.25, ge=0.0, le=1.0, description="probability the context is left clean")
+    reference_min_gap: int = Field(25, ge=0, description="frames between the reference and the sample window")
+    reference_other_clip_prob: float = Field(0.3, ge=0.0, le=1.0, description="take the reference from another clip of the identity")
+    stream_start_prob: float = Field(0.1, ge=0.0, le=1.0, description="context filled with the reference latent, as at stream start")
+
+
+class DitTrainConfig(_Strict):
+    """`kind: dit`: omni-conditions training of the DiT on cached latents and features."""
+
+    kind: Literal["dit"]
+    model: str
+    vae: str = Field(description="trained VAE folder (config.json + safetensors) used to cache latents")
+    data: DataConfig
+    run: RunConfig
+    optim: OptimConfig = OptimConfig()
+    sample: SampleConfig = SampleConfig()
+    stages: list[StageConfig]
+    export_dir: str | None = Field(None, description="write an AvatarPipeline folder here when training ends")
+    eval_clips: int = 2
+
+    @model_validator(mode="after")
+    def _check_stages(self) -> "DitTrainConfig":
+        if not self.stages:
+            raise ValueError("at least one stage is needed")
+        return self
+
+    @property
+    def total_steps(self) -> int:
+        """Sum of the stage budgets (run.steps caps it)."""
+        return min(self.run.steps, sum(stage.steps for stage in self.stages))
+
+    def stage_at(self, step: int) -> tuple[int, StageConfig]:
+        """(index, stage) in effect at global `step` (0-based); the last stage holds past the end."""
+        boundary = 0
+        for index, stage in enumerate(self.stages):
+            boundary += stage.steps
+            if step < boundary:
+                return index, stage
+        return len(self.stages) - 1, self.stages[-1]
+
+
+TrainConfig = VaeTrainConfig | DitTrainConfig
+
+
+#################################################################################
+#                                   Loading                                     #
+#################################################################################
+
+def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Read a training YAML into its typed config; problems become InputError with the file name."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"training config not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise InputError(f"{path}: not valid YAML ({error})") from error
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a mapping at the top level")
+    for dotted, value in (overrides or {}).items():
+        _set_dotted(raw, dotted, value)
+    kind = raw.get("kind")
+    schema = {"vae": VaeTrainConfig, "dit": DitTrainConfig}.get(kind)
+    if schema is None:
+        raise InputError(f"{path}: 'kind' must be 'vae' or 'dit', got {kind!r}")
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as error:
+        raise InputError(f"{path}: invalid training config:\n{error}") from error
+
+
+def _set_dotted(raw: dict, dotted: str, value) -> None:
+    """Set raw['a']['b'] = value for dotted 'a.b' (command-line overrides)."""
+    keys = dotted.split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+    node[keys[-1]] = value

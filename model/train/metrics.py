@@ -1,0 +1,138 @@
+"""Image and video metrics for training and evaluation: PSNR, SSIM, mouth openness, seams, drift."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+#################################################################################
+#                               Pixel fidelity                                  #
+#################################################################################
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
+    """Peak signal-to-noise ratio in dB between two float tensors of the same shape."""
+    mse = F.mse_loss(a.float(), b.float()).item()
+    return float(10.0 * np.log10(data_range**2 / max(mse, 1e-12)))
+
+
+def _gaussian_window(size: int, sigma: float, channels: int, device: torch.device) -> torch.Tensor:
+    """Separable Gaussian kernel as a depthwise conv weight [C, 1, size, size]."""
+    coords = torch.arange(size, dtype=torch.float32, device=device) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).expand(channels, 1, size, size).contiguous()
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0, window: int = 7) -> torch.Tensor:
+    """Per-pixel SSIM of float images [N, C, H, W] (Gaussian window, standard constants)."""
+    channels = a.shape[1]
+    kernel = _gaussian_window(window, 1.5, channels, a.device).to(a.dtype)
+    pad = window // 2
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (pad, pad, pad, pad), mode="reflect"), kernel, groups=channels)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 2.0) -> float:
+    """Mean SSIM of two float image batches [N, C, H, W]."""
+    return float(ssim_map(a.float(), b.float(), data_range).mean().item())
+
+
+def uint8_to_float(frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """uint8 frames [N, H, W, 3] -> float [N, 3, H, W] in [-1, 1]."""
+    tensor = torch.as_tensor(np.asarray(frames))
+    return tensor.permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+#################################################################################
+#                     Mouth openness measured on RGB frames                     #
+#################################################################################
+
+
+def mouth_box(lips_xy: np.ndarray, width: int, height: int, margin: float = 0.6) -> tuple[int, int, int, int]:
+    """Pixel box (x0, y0, x1, y1) around lip keypoints [K, 2] (image coords in [0, 1]), grown by `margin`."""
+    xs, ys = lips_xy[:, 0] * width, lips_xy[:, 1] * height
+    cx, cy = (xs.min() + xs.max()) / 2, (ys.min() + ys.max()) / 2
+    half_w = max(xs.max() - xs.min(), 2.0) * (0.5 + margin)
+    half_h = max(half_w * 0.8, (ys.max() - ys.min()) * (0.5 + margin))
+    x0, x1 = int(np.floor(cx - half_w)), int(np.ceil(cx + half_w))
+    y0, y1 = int(np.floor(cy - half_h)), int(np.ceil(cy + half_h))
+    return max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
+
+
+def mouth_openness(frames: np.ndarray, boxes: list[tuple[int, int, int, int]], darkness: float = 0.55) -> np.ndarray:
+    """Openness per frame = fraction of dark pixels in the mouth box.
+
+    frames: uint8 [T, H, W, 3]; boxes: one (x0, y0, x1, y1) per frame (from the ground-truth lip
+    contour). A pixel is "dark" when its luma is below `darkness` x the box's median luma (the lips
+    and skin around an open mouth are much brighter than the mouth cavity), so the measure follows
+    the drawn opening whatever the skin tone.
+    """
+    values = np.zeros(len(frames), dtype=np.float64)
+    for index, (frame, (x0, y0, x1, y1)) in enumerate(zip(frames, boxes)):
+        patch = frame[y0:y1, x0:x1].astype(np.float64)
+        if patch.size == 0:
+            continue
+        luma = patch @ np.array([0.299, 0.587, 0.114])
+        values[index] = float((luma < darkness * np.median(luma)).mean())
+    return values
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson correlation; 0 when either series is constant."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if len(a) < 2 or a.std() < 1e-9 or b.std() < 1e-9:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def silence_ratio(openness: np.ndarray, speaking: np.ndarray) -> float:
+    """Median openness in silent frames / median openness in speaking frames (lower is better)."""
+    speaking = np.asarray(speaking, dtype=bool)
+    if speaking.all() or not speaking.any():
+        return float("nan")
+    speak_median = float(np.median(openness[speaking]))
+    return float(np.median(openness[~speaking]) / max(speak_median, 1e-6))
+
+
+#################################################################################
+#                               Temporal metrics                                #
+#################################################################################
+
+
+def seam_ratio(frames: np.ndarray, chunk_frames: int) -> float:
+    """Mean frame-to-frame change across chunk boundaries / mean change inside chunks (1 = seamless)."""
+    video = np.asarray(frames, dtype=np.float32)
+    diffs = np.abs(np.diff(video, axis=0)).mean(axis=(1, 2, 3))  # [T-1]: change from frame i to i+1
+    boundary = np.array([(i + 1) % chunk_frames == 0 for i in range(len(diffs))])
+    if not boundary.any() or boundary.all():
+        return float("nan")
+    return float(diffs[boundary].mean() / max(diffs[~boundary].mean(), 1e-6))
+
+
+def appearance_similarity(frames: np.ndarray, reference: np.ndarray, bins: int = 8) -> float:
+    """Similarity of frames to the reference in [0, 1]: 0.5 x colour-histogram intersection + 0.5 x SSIM
+    of the mean frame, so both the palette and the layout of the person count."""
+    frames = np.asarray(frames)
+    reference = np.asarray(reference)
+
+    def histogram(images: np.ndarray) -> np.ndarray:
+        quantized = (images.reshape(-1, 3).astype(np.int64) * bins) // 256
+        codes = quantized[:, 0] * bins * bins + quantized[:, 1] * bins + quantized[:, 2]
+        counts = np.bincount(codes, minlength=bins**3).astype(np.float64)
+        return counts / counts.sum()
+
+    intersection = float(np.minimum(histogram(frames), histogram(reference[None])).sum())
+    mean_frame = torch.from_numpy(frames.astype(np.float32).mean(axis=0)).permute(2, 0, 1)[None] / 127.5 - 1
+    ref = torch.from_numpy(reference.astype(np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+    structure = max(ssim(mean_frame, ref), 0.0)
+    return 0.5 * intersection + 0.5 * structure
