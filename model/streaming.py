@@ -1,0 +1,224 @@
+"""StreamState and StreamingSampler: chunked causal generation with cached reference/context K/V,
+batched across sessions; naive_generate recomputes everything (the reference for tests)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from model.config import ModelConfig, SamplerSection
+from model.dit import KV, OmniHumanDiT
+from model.flow import Branch, Guidance, add_noise, branch_weights, combine_branches, euler_step, timestep_schedule
+
+
+@dataclass
+class ChunkConditions:
+    """Conditions of one session's next chunk (None = that condition is absent)."""
+
+    audio: torch.Tensor | None = None  # [F, W, K, A] per-frame audio windows
+    pose: torch.Tensor | None = None  # [F, G, h, w] heatmaps at latent resolution
+    text: torch.Tensor | None = None  # [text_dim] sentence embedding
+    guidance: Guidance | None = None  # None = the config's guidance
+
+
+@dataclass
+class StreamState:
+    """One session: reference K/V (cached once), rolling context of the last M frames, rng, counter.
+
+    context_latents are the context frames as the model sees them (noised to context_t); the K/V
+    lists hold per-layer pre-RoPE (k, v) [n, N, H, Dh] and are absent for naive-only use.
+    """
+
+    reference_latents: torch.Tensor  # [R, C, h, w]
+    context_latents: torch.Tensor  # [M, C, h, w]
+    generator: torch.Generator
+    seed: int
+    frame_index: int = 0
+    reference_kv: list[KV] | None = field(default=None, repr=False)
+    context_kv: list[KV] | None = field(default=None, repr=False)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.reference_latents.shape[-2:])  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Drop the caches (frees their memory)."""
+        self.reference_kv = None
+        self.context_kv = None
+
+
+class StreamingSampler:
+    """Generates chunk after chunk for a batch of sessions; one DiT forward per Euler step."""
+
+    def __init__(self, dit: OmniHumanDiT, config: ModelConfig | SamplerSection):
+        self.dit = dit
+        self.config = config.sampler if isinstance(config, ModelConfig) else config
+
+    @property
+    def _device(self) -> torch.device:
+        return self.dit.device
+
+    @property
+    def _dtype(self) -> torch.dtype:
+        return self.dit.dtype
+
+    # ------------------------------------------------------------------ state
+
+    @torch.inference_mode()
+    def init_state(self, reference_latents: torch.Tensor, seed: int, with_cache: bool = True) -> StreamState:
+        """New session from reference latents [R, C, h, w]; the context window starts as the last
+        reference frame repeated M times; reference and context K/V are computed here, once."""
+        if reference_latents.ndim != 4:
+            raise ValueError(f"reference latents must be [R, C, h, w], got {list(reference_latents.shape)}")
+        cfg = self.config
+        if reference_latents.shape[0] != cfg.reference_frames:
+            raise ValueError(f"expected {cfg.reference_frames} reference frames, got {reference_latents.shape[0]}")
+        ref = reference_latents.to(self._device, self._dtype)
+        generator = torch.Generator(device=self._device).manual_seed(seed)
+        start = ref[-1:].expand(cfg.context_frames, *ref.shape[1:])
+        state = StreamState(reference_latents=ref, context_latents=self._noise_context(start, generator),
+                            generator=generator, seed=seed)
+        if with_cache:
+            r = ref.shape[0]
+            state.reference_kv = [(k[0], v[0]) for k, v in
+                                  self.dit.encode_kv(ref[None], ref.new_zeros(1, r), frame_local=False)]
+            state.context_kv = self._context_kv(state.context_latents) if cfg.context_frames else None
+        return state
+
+    def _noise_context(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Clean frames [n, C, h, w] -> context inputs noised to context_t (one draw from the rng)."""
+        ct = self.config.context_t
+        if ct == 0.0 or latents.shape[0] == 0:
+            return latents.clone()
+        noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
+        return add_noise(latents, noise, torch.tensor(ct, device=latents.device))
+
+    def _context_kv(self, context_latents: torch.Tensor) -> list[KV]:
+        """Frame-local K/V of context inputs [n, C, h, w] -> per layer [n, N, H, Dh]."""
+        n = context_latents.shape[0]
+        times = context_latents.new_full((1, n), self.config.context_t)
+        return [(k[0], v[0]) for k, v in self.dit.encode_kv(context_latents[None], times, frame_local=True)]
+
+    def _advance(self, state: StreamState, frames: torch.Tensor, with_cache: bool) -> None:
+        """Roll the context window by a finished chunk [F, C, h, w]; K/V only for entering frames."""
+        m = self.config.context_frames
+        state.frame_index += frames.shape[0]
+        if m == 0:
+            return
+        entering = self._noise_context(frames[-m:], state.generator)
+        n = entering.shape[0]
+        state.context_latents = torch.cat([state.context_latents[n:], entering], dim=0)
+        if not with_cache:
+            state.context_kv = None  # stale now: this state continues on the naive path only
+        else:
+            new_kv = self._context_kv(entering)
+            state.context_kv = [(torch.cat([k[n:], nk], dim=0), torch.cat([v[n:], nv], dim=0))
+                                for (k, v), (nk, nv) in zip(state.context_kv, new_kv)]  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ generation
+
+    def _check(self, states: list[StreamState], conditions: list[ChunkConditions]) -> None:
+        if not states or len(states) != len(conditions):
+            raise ValueError("need one ChunkConditions per state, and at least one state")
+        if len({s.grid for s in states}) != 1:
+            raise ValueError("sessions batched together must share the latent grid")
+
+    def _rows(self, states: list[StreamState], conditions: list[ChunkConditions], step: int,
+              steps: int) -> tuple[list[tuple[int, Branch]], list[dict[Branch, float]]]:
+        """The (session, branch) rows of this step's forward and each session's branch weights."""
+        rows: list[tuple[int, Branch]] = []
+        weights: list[dict[Branch, float]] = []
+        default = Guidance.from_config(self.config)
+        for i, cond in enumerate(conditions):
+            s_audio, s_text = (cond.guidance or default).scales(step, steps)
+            # an absent condition makes its branches identical: guide nothing on it
+            s_audio = 1.0 if cond.audio is None else s_audio
+            s_text = 1.0 if cond.text is None else s_text
+            w = branch_weights(s_audio, s_text)
+            weights.append(w)
+            rows.extend((i, b) for b in w)
+        return rows, weights
+
+    def _row_inputs(self, rows: list[tuple[int, Branch]], conditions: list[ChunkConditions],
+                    frames: int) -> dict[str, torch.Tensor | None]:
+        """Batch the conditions of each row: audio/pose/text stacked, drop masks per branch."""
+        dev, dt = self._device, self._dtype
+
+        def stack(name: str) -> torch.Tensor | None:
+            items = [getattr(conditions[i], name) for i, _ in rows]
+            if all(x is None for x in items):
+                return None
+            like = next(x for x in items if x is not None)
+            return torch.stack([(x if x is not None else torch.zeros_like(like)).to(dev, dt) for x in items])
+
+        audio, pose, text = stack("audio"), stack("pose"), stack("text")
+        drop_audio = torch.tensor([b.drop_audio or conditions[i].audio is None for i, b in rows], device=dev)
+        drop_text = torch.tensor([b.drop_text or conditions[i].text is None for i, b in rows], device=dev)
+        drop_pose = torch.tensor([conditions[i].pose is None for i, _ in rows], device=dev)
+        if audio is not None and audio.shape[1] != frames:
+            raise ValueError(f"audio windows cover {audio.shape[1]} frames, the chunk has {frames}")
+        return dict(audio=audio, pose=pose, text=text, drop_audio=drop_audio, drop_text=drop_text,
+                    drop_pose=drop_pose)
+
+    def _sample(self, states: list[StreamState], conditions: list[ChunkConditions], steps: int | None,
+                cached: bool) -> torch.Tensor:
+        self._check(states, conditions)
+        cfg = self.config
+        steps = steps or cfg.steps
+        f = cfg.chunk_frames
+        grid = states[0].grid
+        shape = (f, *states[0].reference_latents.shape[1:])
+        x = torch.stack([torch.randn(shape, generator=s.generator, device=self._device, dtype=self._dtype)
+                         for s in states])  # [S, F, C, h, w]
+        if cached:
+            # rotated reference + context K/V of every session, once per chunk: per layer [S, Lp, H, Dh]
+            per_session = [self.dit.prefix_kv([(k[None], v[None]) for k, v in s.reference_kv],
+                                              [(k[None], v[None]) for k, v in s.context_kv] if s.context_kv else None,
+                                              grid) for s in states]
+            prefix = [(torch.cat([p[layer][0] for p in per_session]), torch.cat([p[layer][1] for p in per_session]))
+                      for layer in range(len(per_session[0]))]
+        else:
+            r, m = states[0].reference_latents.shape[0], states[0].context_latents.shape[0]
+            free = torch.stack([torch.cat([s.reference_latents, s.context_latents]) for s in states])
+            free_t = torch.cat([torch.zeros(len(states), r), torch.full((len(states), m), cfg.context_t)], 1)
+            free_t = free_t.to(self._device, self._dtype)
+        times = timestep_schedule(steps, cfg.time_shift)
+        for step in range(steps):
+            t, t_next = float(times[step]), float(times[step + 1])
+            rows, weights = self._rows(states, conditions, step, steps)
+            index = torch.tensor([i for i, _ in rows], device=self._device)
+            inputs = self._row_inputs(rows, conditions, f)
+            chunk_t = x.new_full((len(rows), f), t)
+            if cached:
+                kv = [(k[index], v[index]) for k, v in prefix]
+                v_rows = self.dit.forward_chunk(x[index], chunk_t, kv, **inputs)
+            else:
+                latents = torch.cat([free[index], x[index]], dim=1)
+                timesteps = torch.cat([free_t[index], chunk_t], dim=1)
+                v_rows = self.dit(latents, timesteps, num_reference=r, num_context=m, **inputs)[:, r + m:]
+            velocity = []
+            for i, w in enumerate(weights):
+                branches = {b: v_rows[j] for j, (si, b) in enumerate(rows) if si == i}
+                velocity.append(combine_branches(branches, w))
+            x = euler_step(x, torch.stack(velocity), t, t_next)
+        for s, frames in zip(states, x):
+            self._advance(s, frames, with_cache=cached)
+        return x
+
+    @torch.inference_mode()
+    def generate(self, states: list[StreamState], conditions: list[ChunkConditions],
+                 steps: int | None = None) -> torch.Tensor:
+        """Clean latents [B, F, C, h, w] of the next chunk of every session (cached K/V); each state's
+        context window and its K/V advance by the new frames."""
+        for s in states:
+            if s.reference_kv is None or (self.config.context_frames and s.context_kv is None):
+                raise ValueError("stream state has no caches (closed, or made with with_cache=False)")
+        return self._sample(states, conditions, steps, cached=True)
+
+    @torch.inference_mode()
+    def naive_generate(self, states: list[StreamState], conditions: list[ChunkConditions],
+                       steps: int | None = None) -> torch.Tensor:
+        """The same as generate(), recomputing the full masked DiT over [reference | context | chunk]
+        for every step without caches; the same noise draws from each state's rng."""
+        return self._sample(states, conditions, steps, cached=False)
