@@ -1,0 +1,440 @@
+// AvatarClient: one live avatar session over WebRTC (non-trickle offer/answer) plus its events socket.
+
+import { backoffDelay, DEFAULT_BACKOFF, sleep } from './backoff.js';
+import { AvatarError, ErrorCode, errorFromMedia, toAvatarError } from './errors.js';
+import { Signaling } from './signaling.js';
+
+//################################################################################
+//                                  Defaults
+//################################################################################
+
+/** Timeouts of one connection attempt (ms). */
+export const DEFAULT_TIMEOUTS = Object.freeze({
+  /** Longest wait for ICE gathering before the offer goes out with what it has. */
+  iceGatheringMs: 5000,
+  /** Longest wait from the answer to a connected peer connection. */
+  connectMs: 15000,
+  /** How long a 'disconnected' peer connection may stay so before it counts as lost. */
+  disconnectGraceMs: 3000,
+});
+
+/** Microphone constraints: speech processing on, mono. */
+export const DEFAULT_MICROPHONE = Object.freeze({
+  echoCancellation: true,
+  noiseSuppression: true,
+  autoGainControl: true,
+  channelCount: 1,
+});
+
+const AUDIO_MODES = new Set(['microphone', 'none']);
+
+//################################################################################
+//                                  Helpers
+//################################################################################
+
+/** Resolve when ICE gathering is complete (non-trickle), or after `timeoutMs` with what is there. */
+export function waitForIceGathering(pc, timeoutMs) {
+  if (pc.iceGatheringState === 'complete') return Promise.resolve(true);
+  return new Promise((resolve) => {
+    const done = (complete) => {
+      clearTimeout(timer);
+      pc.removeEventListener('icegatheringstatechange', onChange);
+      pc.removeEventListener('icecandidate', onCandidate);
+      resolve(complete);
+    };
+    const onChange = () => pc.iceGatheringState === 'complete' && done(true);
+    const onCandidate = (event) => event.candidate == null && done(true);
+    const timer = setTimeout(() => done(false), timeoutMs);
+    pc.addEventListener('icegatheringstatechange', onChange);
+    pc.addEventListener('icecandidate', onCandidate);
+  });
+}
+
+/** Validate the keypoints of sendPose(): null, or a list of [x, y, visibility] numbers. */
+function checkKeypoints(keypoints) {
+  if (keypoints === null) return null;
+  const ok =
+    Array.isArray(keypoints) &&
+    keypoints.every((p) => Array.isArray(p) && p.length === 3 && p.every((v) => typeof v === 'number' && Number.isFinite(v)));
+  if (!ok) {
+    throw new AvatarError(ErrorCode.INVALID_OPTIONS, 'sendPose(): keypoints must be null or [[x, y, visibility], ...] of finite numbers');
+  }
+  return keypoints;
+}
+
+//################################################################################
+//                                  AvatarClient
+//################################################################################
+
+/**
+ * A live avatar session. Events (CustomEvent, payload in `detail`): connected, state, stats, error,
+ * reconnecting, closed.
+ */
+export class AvatarClient extends EventTarget {
+  /**
+   * @param {{
+   *   reconnect?: false | Partial<typeof DEFAULT_BACKOFF>,
+   *   timeouts?: Partial<typeof DEFAULT_TIMEOUTS>,
+   *   microphone?: MediaTrackConstraints,
+   *   fetch?: typeof fetch, RTCPeerConnection?: typeof RTCPeerConnection, WebSocket?: typeof WebSocket,
+   *   MediaStream?: typeof MediaStream, mediaDevices?: MediaDevices, random?: () => number,
+   * }} [config] environment overrides (tests) and policies
+   */
+  constructor(config = {}) {
+    super();
+    this.reconnectPolicy = config.reconnect === false ? null : { ...DEFAULT_BACKOFF, ...(config.reconnect ?? {}) };
+    this.timeouts = { ...DEFAULT_TIMEOUTS, ...(config.timeouts ?? {}) };
+    this.microphone = { ...DEFAULT_MICROPHONE, ...(config.microphone ?? {}) };
+    this.env = {
+      fetch: config.fetch ?? globalThis.fetch?.bind(globalThis),
+      RTCPeerConnection: config.RTCPeerConnection ?? globalThis.RTCPeerConnection,
+      WebSocket: config.WebSocket ?? globalThis.WebSocket,
+      MediaStream: config.MediaStream ?? globalThis.MediaStream,
+      mediaDevices: config.mediaDevices ?? globalThis.navigator?.mediaDevices,
+      random: config.random ?? Math.random,
+    };
+    /** 'idle' | 'connecting' | 'connected' | 'reconnecting' | 'closed' */
+    this.status = 'idle';
+    /** Last session state the server reported ('connecting' | 'speaking' | 'silent' | 'idle' | 'closed'). */
+    this.state = null;
+    /** Last stats the server reported. */
+    this.stats = null;
+    /** Server id of the current session (changes on reconnect). */
+    this.sessionId = null;
+    /** URL of the session's PCM push socket (TTS/agent audio), token included. */
+    this.audioUrl = null;
+    /** The avatar's video + synced audio; a new stream after each (re)connect. */
+    this.outputStream = null;
+    this.videos = new Set();
+    this.options = null;
+    this.signaling = null;
+    this.pc = null;
+    this.socket = null;
+    this.pending = [];
+    this.localStream = null;
+    this.ownsLocalStream = false;
+    this.lifetime = null;
+    this.disconnectTimer = null;
+  }
+
+  /** Create a client and connect it; resolves with the connected client. */
+  static async connect(options, config) {
+    const client = new AvatarClient(config);
+    await client.connect(options);
+    return client;
+  }
+
+  /** Subscribe to an event with a handler that gets the payload; returns an unsubscribe function. */
+  on(type, handler) {
+    const listener = (event) => handler(event.detail);
+    this.addEventListener(type, listener);
+    return () => this.removeEventListener(type, listener);
+  }
+
+  //------------------------------------------------------------------ public API
+
+  /**
+   * Start a session.
+   * @param {{server?: string, token?: string, avatar?: string,
+   *          audio?: 'microphone' | 'none' | MediaStream, text?: string,
+   *          fps?: number, width?: number, height?: number, guidance?: {audio?: number, text?: number}}} options
+   * @returns {Promise<void>} resolves when media flows; rejects with AvatarError (also sent as `error`)
+   */
+  async connect(options = {}) {
+    if (this.status !== 'idle' && this.status !== 'closed') {
+      throw new AvatarError(ErrorCode.INVALID_OPTIONS, `connect(): the client is already ${this.status}`);
+    }
+    this.lifetime = new AbortController();
+    this.setStatus('connecting');
+    try {
+      this.options = this.checkOptions(options);
+      this.signaling = new Signaling({ server: this.options.server, token: this.options.token, fetch: this.env.fetch });
+      await this.acquireAudio(this.options.audio);
+      await this.establish();
+      this.throwIfClosed();
+    } catch (thrown) {
+      const error = toAvatarError(thrown);
+      this.shutdown('error', error);
+      throw error;
+    }
+    this.setStatus('connected');
+    this.emit('connected', { sessionId: this.sessionId, outputStream: this.outputStream, reconnected: false });
+  }
+
+  /** Show the avatar in a <video> element (now and after every reconnect). */
+  attach(video) {
+    this.videos.add(video);
+    if (this.outputStream) video.srcObject = this.outputStream;
+    return video;
+  }
+
+  /** Stop updating a <video> element attached earlier. */
+  detach(video) {
+    this.videos.delete(video);
+    if (video.srcObject === this.outputStream) video.srcObject = null;
+  }
+
+  /** Barge-in: drop the audio the avatar has not spoken yet. Returns whether it was sent. */
+  interrupt() {
+    return this.send({ type: 'interrupt' });
+  }
+
+  /** Change the text condition (kept for reconnects). Returns whether it was sent. */
+  setText(text) {
+    if (text != null && typeof text !== 'string') {
+      throw new AvatarError(ErrorCode.INVALID_OPTIONS, 'setText(): text must be a string or null');
+    }
+    if (this.options) this.options.text = text ?? undefined;
+    return this.send({ type: 'set_text', text: text ?? '' });
+  }
+
+  /** Drive the body pose: [[x, y, visibility], ...] in image coords [0, 1], or null to release. */
+  sendPose(keypoints) {
+    return this.send({ type: 'pose', keypoints: checkKeypoints(keypoints) });
+  }
+
+  /** End the session and free everything; idempotent. */
+  close() {
+    if (this.status === 'closed' || this.status === 'idle') return;
+    this.shutdown('client', null);
+  }
+
+  //------------------------------------------------------------------ connection
+
+  /** Normalise connect() options; throws invalid_options. */
+  checkOptions(options) {
+    const audio = options.audio ?? 'microphone';
+    const isStream = typeof audio === 'object' && audio !== null && typeof audio.getAudioTracks === 'function';
+    if (!isStream && !AUDIO_MODES.has(audio)) {
+      throw new AvatarError(ErrorCode.INVALID_OPTIONS, `connect(): audio must be 'microphone', 'none' or a MediaStream, got ${JSON.stringify(audio)}`);
+    }
+    if (!this.env.RTCPeerConnection) {
+      throw new AvatarError(ErrorCode.INVALID_OPTIONS, 'connect(): this environment has no RTCPeerConnection');
+    }
+    return { ...options, audio, avatar: options.avatar || 'default' };
+  }
+
+  /** Get the audio to send: the microphone, a given stream, or nothing. */
+  async acquireAudio(audio) {
+    if (audio === 'none') return;
+    if (audio !== 'microphone') {
+      this.localStream = audio;
+      this.ownsLocalStream = false;
+      return;
+    }
+    const devices = this.env.mediaDevices;
+    if (!devices?.getUserMedia) {
+      throw new AvatarError(ErrorCode.MICROPHONE_UNAVAILABLE, 'microphone unavailable: no getUserMedia (not a secure context?)');
+    }
+    try {
+      this.localStream = await devices.getUserMedia({ audio: this.microphone, video: false });
+      this.ownsLocalStream = true;
+    } catch (error) {
+      throw errorFromMedia(error);
+    }
+  }
+
+  /** One full connection attempt: ICE servers, offer, answer, events socket, media flowing. */
+  async establish() {
+    const iceServers = await this.signaling.iceServers();
+    const pc = new this.env.RTCPeerConnection({ iceServers });
+    this.pc = pc;
+    const video = pc.addTransceiver('video', { direction: 'recvonly' });
+    const micTrack = this.localStream?.getAudioTracks()[0];
+    const audio = micTrack
+      ? pc.addTransceiver(micTrack, { direction: 'sendrecv', streams: [this.localStream] })
+      : pc.addTransceiver('audio', { direction: 'recvonly' });
+    this.setOutput(new this.env.MediaStream([video.receiver.track, audio.receiver.track]));
+
+    await pc.setLocalDescription(await pc.createOffer());
+    await waitForIceGathering(pc, this.timeouts.iceGatheringMs);
+    this.throwIfClosed();
+    const { sdp, fps, width, height, guidance, text, avatar } = { ...this.options, sdp: pc.localDescription.sdp };
+    const body = { sdp, type: 'offer', avatar };
+    for (const [key, value] of Object.entries({ text, fps, width, height, guidance })) {
+      if (value != null) body[key] = value;
+    }
+    const answer = await this.signaling.createSession(body);
+    this.sessionId = answer.sessionId;
+    this.audioUrl = this.signaling.socketUrl(answer.audioUrl);
+    this.throwIfClosed();
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+    this.openEvents(answer.eventsUrl);
+    await this.waitConnected(pc);
+    pc.addEventListener('connectionstatechange', () => this.watchConnection(pc));
+  }
+
+  /** Resolve when the peer connection is connected; connection_failed on failure or timeout. */
+  waitConnected(pc) {
+    return new Promise((resolve, reject) => {
+      const finish = (error) => {
+        clearTimeout(timer);
+        pc.removeEventListener('connectionstatechange', onChange);
+        this.lifetime.signal.removeEventListener('abort', onAbort);
+        error ? reject(error) : resolve();
+      };
+      const onChange = () => {
+        if (pc.connectionState === 'connected') finish(null);
+        else if (pc.connectionState === 'failed' || pc.connectionState === 'closed') {
+          finish(new AvatarError(ErrorCode.CONNECTION_FAILED, `WebRTC connection ${pc.connectionState} (ICE/DTLS could not reach the server's media)`));
+        }
+      };
+      const onAbort = () => finish(new AvatarError(ErrorCode.CONNECTION_FAILED, 'closed while connecting'));
+      const timer = setTimeout(
+        () => finish(new AvatarError(ErrorCode.CONNECTION_FAILED, `WebRTC connection not up after ${this.timeouts.connectMs} ms (firewall or NAT without TURN?)`)),
+        this.timeouts.connectMs,
+      );
+      pc.addEventListener('connectionstatechange', onChange);
+      this.lifetime.signal.addEventListener('abort', onAbort, { once: true });
+      onChange();
+    });
+  }
+
+  /** After connect: 'failed' is a loss at once; 'disconnected' is a loss after the grace period. */
+  watchConnection(pc) {
+    if (pc !== this.pc || this.status !== 'connected') return;
+    clearTimeout(this.disconnectTimer);
+    if (pc.connectionState === 'failed') this.lost('WebRTC connection failed');
+    else if (pc.connectionState === 'disconnected') {
+      this.disconnectTimer = setTimeout(() => this.lost('WebRTC connection lost'), this.timeouts.disconnectGraceMs);
+    }
+  }
+
+  /** Open the events socket of the session and route its messages. */
+  openEvents(eventsUrl) {
+    const socket = new this.env.WebSocket(this.signaling.socketUrl(eventsUrl));
+    this.socket = socket;
+    this.pending = [];
+    socket.addEventListener('open', () => {
+      for (const message of this.pending.splice(0)) socket.send(message);
+    });
+    socket.addEventListener('message', (event) => this.onMessage(event.data));
+    socket.addEventListener('close', () => {
+      if (socket === this.socket && this.status === 'connected') this.lost('events channel closed');
+    });
+  }
+
+  /** Dispatch one server event. */
+  onMessage(data) {
+    let message;
+    try {
+      message = JSON.parse(data);
+    } catch {
+      return;
+    }
+    if (message.type === 'state') {
+      this.state = message.state;
+      this.emit('state', { state: message.state });
+      if (message.state === 'closed' && this.status === 'connected') this.shutdown('server', null);
+    } else if (message.type === 'stats') {
+      const { type, ...stats } = message;
+      this.stats = stats;
+      this.emit('stats', stats);
+    } else if (message.type === 'error') {
+      const error = new AvatarError(ErrorCode.SESSION_ERROR, message.detail || message.code || 'session error', {
+        serverCode: message.code ?? null,
+        detail: message.detail ?? null,
+        fatal: false,
+      });
+      this.emit('error', error.toJSON());
+    }
+  }
+
+  /** Send a control message on the events socket (queued until it opens). */
+  send(message) {
+    const socket = this.socket;
+    if (!socket || (this.status !== 'connected' && this.status !== 'connecting')) return false;
+    const text = JSON.stringify(message);
+    if (socket.readyState === 1) socket.send(text);
+    else if (socket.readyState === 0) this.pending.push(text);
+    else return false;
+    return true;
+  }
+
+  //------------------------------------------------------------------ reconnect
+
+  /** An established session dropped: reconnect with backoff (or close when reconnect is off). */
+  async lost(reason) {
+    if (this.status !== 'connected') return;
+    const lostError = new AvatarError(ErrorCode.CONNECTION_LOST, `${reason}; reconnecting`, { fatal: false });
+    if (!this.reconnectPolicy) {
+      this.shutdown('error', new AvatarError(ErrorCode.CONNECTION_LOST, reason));
+      return;
+    }
+    this.setStatus('reconnecting');
+    this.emit('error', lostError.toJSON());
+    this.dropConnection();
+    let last = lostError;
+    for (let attempt = 0; attempt < this.reconnectPolicy.maxAttempts; attempt += 1) {
+      let delayMs = backoffDelay(attempt, this.reconnectPolicy, this.env.random);
+      if (last.code === ErrorCode.SERVER_BUSY && last.retryAfter != null) delayMs = Math.max(delayMs, last.retryAfter * 1000);
+      this.emit('reconnecting', { attempt: attempt + 1, delayMs, error: last.toJSON() });
+      if (!(await sleep(delayMs, this.lifetime.signal))) return;
+      try {
+        await this.establish();
+        this.setStatus('connected');
+        this.emit('connected', { sessionId: this.sessionId, outputStream: this.outputStream, reconnected: true });
+        return;
+      } catch (thrown) {
+        if (this.status !== 'reconnecting') return;
+        this.dropConnection();
+        last = toAvatarError(thrown);
+        if (last.stopsReconnect) break;
+      }
+    }
+    const gaveUp = new AvatarError(ErrorCode.RECONNECT_FAILED, `could not reconnect: ${last.message}`, {
+      status: last.status,
+      retryAfter: last.retryAfter,
+      detail: last.detail,
+      cause: last,
+    });
+    this.shutdown('error', gaveUp);
+  }
+
+  //------------------------------------------------------------------ teardown
+
+  /** Close the peer connection and socket of the current attempt; end its server session. */
+  dropConnection() {
+    clearTimeout(this.disconnectTimer);
+    const { pc, socket, sessionId, signaling } = this;
+    this.pc = null;
+    this.socket = null;
+    this.sessionId = null;
+    this.audioUrl = null;
+    if (socket && socket.readyState <= 1) socket.close(1000, 'client closed');
+    if (pc) pc.close();
+    if (sessionId && signaling) signaling.deleteSession(sessionId);
+  }
+
+  /** Final teardown: media, connection, listeners; emits error (when given) then closed. */
+  shutdown(reason, error) {
+    if (this.status === 'closed') return;
+    this.setStatus('closed');
+    this.lifetime?.abort();
+    this.dropConnection();
+    if (this.ownsLocalStream) this.localStream?.getTracks().forEach((track) => track.stop());
+    this.localStream = null;
+    this.ownsLocalStream = false;
+    if (error) this.emit('error', error.toJSON());
+    this.emit('closed', { reason, error: error ? error.toJSON() : null });
+  }
+
+  //------------------------------------------------------------------ internals
+
+  throwIfClosed() {
+    if (this.status === 'closed') throw new AvatarError(ErrorCode.CONNECTION_FAILED, 'closed while connecting');
+  }
+
+  setStatus(status) {
+    this.status = status;
+  }
+
+  setOutput(stream) {
+    this.outputStream = stream;
+    for (const video of this.videos) video.srcObject = stream;
+  }
+
+  emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+}
