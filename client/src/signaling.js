@@ -26,7 +26,7 @@ export class Signaling {
   /**
    * @param {{server: string, token?: string|null, fetch?: typeof fetch, timeoutMs?: number}} options
    */
-  constructor({ server, token = null, fetch = globalThis.fetch, timeoutMs = REQUEST_TIMEOUT_MS }) {
+  constructor({ server, token = null, fetch = globalThis.fetch?.bind(globalThis), timeoutMs = REQUEST_TIMEOUT_MS }) {
     this.base = resolveServer(server);
     this.token = token || null;
     this.fetch = fetch;
