@@ -203,7 +203,7 @@ export declare class Signaling {
   constructor(options: { server?: string; token?: string | null; fetch?: typeof fetch; timeoutMs?: number });
   readonly base: string;
   url(path: string): string;
-  socketUrl(path: string): string;
+  socketUrl(path: string, token?: string | null): string;
   iceServers(): Promise<RTCIceServer[]>;
   createSession(body: Record<string, unknown>): Promise<{
     sessionId: string;
@@ -212,6 +212,7 @@ export declare class Signaling {
     eventsUrl: string;
     audioUrl: string;
     location: string;
+    token: string | null;
   }>;
   deleteSession(sessionId: string): Promise<boolean>;
   listAvatars(): Promise<AvatarInfo[]>;

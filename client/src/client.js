@@ -256,10 +256,11 @@ export class AvatarClient extends EventTarget {
     }
     const answer = await this.signaling.createSession(body);
     this.sessionId = answer.sessionId;
-    this.audioUrl = this.signaling.socketUrl(answer.audioUrl);
+    const socketToken = answer.token ?? this.signaling.token;
+    this.audioUrl = this.signaling.socketUrl(answer.audioUrl, socketToken);
     this.throwIfClosed();
     await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
-    this.openEvents(answer.eventsUrl);
+    this.openEvents(this.signaling.socketUrl(answer.eventsUrl, socketToken));
     await this.waitConnected(pc);
     pc.addEventListener('connectionstatechange', () => this.watchConnection(pc));
   }
@@ -301,8 +302,8 @@ export class AvatarClient extends EventTarget {
   }
 
   /** Open the events socket of the session and route its messages. */
-  openEvents(eventsUrl) {
-    const socket = new this.env.WebSocket(this.signaling.socketUrl(eventsUrl));
+  openEvents(url) {
+    const socket = new this.env.WebSocket(url);
     this.socket = socket;
     this.pending = [];
     socket.addEventListener('open', () => {

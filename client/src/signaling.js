@@ -38,11 +38,11 @@ export class Signaling {
     return new URL(path.replace(/^\//, ''), this.base).href;
   }
 
-  /** ws(s) URL for a server path, carrying the token as `?token=` (browsers cannot set headers). */
-  socketUrl(path) {
+  /** ws(s) URL for a server path, carrying a token as `?token=` (browsers cannot set headers). */
+  socketUrl(path, token = this.token) {
     const url = new URL(path.replace(/^\//, ''), this.base);
     url.protocol = url.protocol === 'https:' ? 'wss:' : url.protocol === 'http:' ? 'ws:' : url.protocol;
-    if (this.token) url.searchParams.set('token', this.token);
+    if (token) url.searchParams.set('token', token);
     return url.href;
   }
 
@@ -71,6 +71,8 @@ export class Signaling {
       eventsUrl: answer.events_url ?? `/v1/sessions/${id}/events`,
       audioUrl: answer.audio_url ?? `/v1/sessions/${id}/audio`,
       location: response.headers?.get?.('location') ?? `/v1/sessions/${id}`,
+      /** Short-lived token the server issues when auth is on: used on the sockets instead of the API key. */
+      token: answer.token ?? null,
     };
   }
 

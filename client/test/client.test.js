@@ -47,6 +47,18 @@ describe('connect', () => {
     assert.equal(events[0][1].reconnected, false);
   });
 
+  it('uses the token the server issues in the answer on the sockets', async () => {
+    const create = env.server.routes['POST /v1/sessions'];
+    env.server.routes['POST /v1/sessions'] = async (init) => {
+      const answer = await create(init).json();
+      return new Response(JSON.stringify({ ...answer, token: 'short-lived' }), { status: 201 });
+    };
+    const { client, socket } = await connected({ token: 'api-key' });
+    assert.equal(socket.url, 'ws://avatars.example.test:8000/v1/sessions/s1/events?token=short-lived');
+    assert.equal(client.audioUrl, 'ws://avatars.example.test:8000/v1/sessions/s1/audio?token=short-lived');
+    assert.equal(env.server.find('POST', '/v1/sessions')[0].headers.Authorization, 'Bearer api-key');
+  });
+
   it('uses the default avatar and sends no token when none is given', async () => {
     await connected();
     const offer = env.server.find('POST', '/v1/sessions')[0];
