@@ -1,0 +1,43 @@
+"""`omnilive serve`: the real-time WebRTC avatar server (FastAPI on uvicorn, uvloop, websockets)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from avatar_server.settings import DEFAULT_CONFIG, load_settings
+
+logger = logging.getLogger(__name__)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("serve", help="run the WebRTC avatar server",
+                                   description="Serve live avatars over WebRTC (see docs/server.md).")
+    parser.add_argument("--config", default=None,
+                        help=f"server settings YAML (default: $OMNILIVE_CONFIG or {DEFAULT_CONFIG.name})")
+    parser.add_argument("--host", default=None, help="bind address (overrides the config)")
+    parser.add_argument("--port", type=int, default=None, help="port (overrides the config)")
+    parser.add_argument("--weights", default=None, help="checkpoint folder (overrides model.weights)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or auto (overrides model.device)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate the settings, load the model, serve until interrupted."""
+    import uvicorn  # noqa: PLC0415
+
+    from avatar_server.app import create_app  # noqa: PLC0415
+    from avatar_server.runtime import load_pipeline  # noqa: PLC0415
+
+    overrides = {"host": args.host, "port": args.port}
+    model = {k: v for k, v in (("weights", args.weights), ("device", args.device)) if v is not None}
+    settings = load_settings(args.config, **overrides)
+    if model:
+        settings = settings.model_copy(update={"model": settings.model.model_copy(update=model)})
+    handle = load_pipeline(settings)
+    app = create_app(settings, handle)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", ws="websockets-sansio",
+                            http="httptools", lifespan="on", log_level=settings.log_level, timeout_graceful_shutdown=10)
+    logger.info("serving on http://%s:%d (demo page at /)", settings.host, settings.port)
+    uvicorn.Server(config).run()
+    return 0

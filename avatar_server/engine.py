@@ -1,0 +1,327 @@
+"""The engine: one worker thread per device that batches ready chunks of all sessions.
+
+Only the worker thread touches model objects (streams, VAD): the event loop enqueues commands on a
+session's Slot and the worker applies them before each batch, so the loop never waits for the model.
+Every chunk has a deadline (when its first frame must be played); when the batch would miss it the
+worker uses fewer denoising steps, and below `min_steps` it drops that session's backlog so its
+video holds a frame for a moment instead of building a queue.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from avatar_server.settings import EngineSettings
+
+logger = logging.getLogger(__name__)
+
+
+class Chunk(Protocol):
+    frames: np.ndarray        # uint8 [F, H, W, 3]
+    audio_time_s: np.ndarray  # float [F]
+
+
+class Activity(Protocol):
+    speaking: bool
+
+    def process(self, pcm: np.ndarray) -> bool: ...
+    def reset(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class SlotCallbacks:
+    """How the worker reports back (each is called on the worker thread; they must be thread-safe)."""
+
+    on_chunk: Callable[[Chunk, int, int], None]      # chunk, epoch, steps used
+    on_voice: Callable[[bool], None]                 # VAD speaking changed
+    on_skip: Callable[[int], None]                   # frames not generated (held instead)
+    deadline: Callable[[float], float]               # audio time -> monotonic time it plays
+    frames_buffered: Callable[[], int]               # generated frames not yet played
+    on_error: Callable[[str], None]
+
+
+@dataclass
+class Slot:
+    """A session's place in the engine."""
+
+    session_id: str
+    reference: Any
+    options: Any
+    make_activity: Callable[[], Activity]
+    callbacks: SlotCallbacks
+    commands: deque = field(default_factory=deque)
+    stream: Any = None
+    activity: Activity | None = None
+    epoch: int = 0
+    next_time: float | None = None  # audio time of the next chunk's first frame
+    closed: bool = False
+    released: threading.Event = field(default_factory=threading.Event)
+
+
+#################################################################################
+#                                  Cost model                                   #
+#################################################################################
+
+
+class CostModel:
+    """Seconds per denoising step for a batch of b streams (EMA per batch size, linear fallback)."""
+
+    def __init__(self, smoothing: float) -> None:
+        self.smoothing = smoothing
+        self.per_step: dict[int, float] = {}
+
+    def update(self, batch: int, steps: int, seconds: float) -> None:
+        value = seconds / max(steps, 1)
+        old = self.per_step.get(batch)
+        self.per_step[batch] = value if old is None else old + self.smoothing * (value - old)
+
+    def estimate(self, batch: int, steps: int) -> float:
+        """Predicted seconds for one generate call (0 when nothing was measured yet)."""
+        if batch in self.per_step:
+            return self.per_step[batch] * steps
+        if not self.per_step:
+            return 0.0
+        nearest = min(self.per_step, key=lambda b: abs(b - batch))
+        return self.per_step[nearest] * batch / nearest * steps
+
+
+#################################################################################
+#                                    Engine                                     #
+#################################################################################
+
+
+@dataclass
+class EngineStats:
+    """Counters read by /metrics (written by the worker only)."""
+
+    batches: int = 0
+    chunks: int = 0
+    skipped_frames: int = 0
+    degraded_chunks: int = 0
+    last_batch: int = 0
+    last_steps: int = 0
+    last_generate_s: float = 0.0
+    queue_depth: int = 0
+    generate_seconds: deque = field(default_factory=lambda: deque(maxlen=256))
+
+
+class Engine:
+    """One worker thread driving `pipe.generate` for every session on one device."""
+
+    def __init__(self, pipe: Any, settings: EngineSettings, steps: int | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.pipe = pipe
+        self.settings = settings
+        self.max_steps = steps or int(pipe.config.steps)
+        self.min_steps = min(settings.min_steps, self.max_steps)
+        self.frames_per_chunk = int(pipe.config.chunk_frames)
+        self.frame_s = 1.0 / float(pipe.config.fps)
+        self.clock = clock
+        self.cost = CostModel(settings.cost_smoothing)
+        self.stats = EngineStats()
+        self._slots: dict[str, Slot] = {}
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: str | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="omnilive-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the worker after it closes every stream it still holds."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and self.error is None
+
+    @property
+    def slot_count(self) -> int:
+        with self._lock:
+            return len(self._slots)
+
+    # ------------------------------------------------------------------ loop-side API
+
+    def add(self, slot: Slot) -> None:
+        """Register a session; its stream is opened by the worker."""
+        with self._lock:
+            self._slots[slot.session_id] = slot
+        self.submit(slot, ("open",))
+
+    def submit(self, slot: Slot, command: tuple) -> None:
+        """Queue a command for the worker: push/clear/text/pose/close."""
+        slot.commands.append(command)
+        self._wake.set()
+
+    def remove(self, slot: Slot) -> None:
+        """Close the session's stream and free its slot (idempotent; the worker does the freeing)."""
+        if not slot.closed:
+            slot.closed = True
+            self.submit(slot, ("close",))
+        if not self.running:  # no worker: free here
+            self._release(slot)
+
+    # ------------------------------------------------------------------ worker
+
+    def _run(self) -> None:
+        logger.info("engine worker started (steps %d..%d, max batch %d)", self.min_steps, self.max_steps,
+                    self.settings.max_batch)
+        try:
+            while not self._stop.is_set():
+                self._apply_commands()
+                batch = self._select()
+                if not batch:
+                    self._wake.wait(timeout=0.05)
+                    self._wake.clear()
+                    continue
+                self._run_batch(batch)
+        except Exception as error:  # the worker must never die silently
+            logger.exception("engine worker failed")
+            self.error = f"{type(error).__name__}: {error}"
+        finally:
+            with self._lock:
+                slots = list(self._slots.values())
+            for slot in slots:
+                self._release(slot)
+            logger.info("engine worker stopped")
+
+    def _apply_commands(self) -> None:
+        with self._lock:
+            slots = list(self._slots.values())
+        for slot in slots:
+            while slot.commands:
+                command = slot.commands.popleft()
+                try:
+                    self._apply(slot, command)
+                except Exception as error:  # a bad command hurts only its session
+                    logger.exception("session %s: command %s failed", slot.session_id, command[0])
+                    slot.callbacks.on_error(f"{command[0]} failed: {error}")
+                if slot.released.is_set():
+                    break
+
+    def _apply(self, slot: Slot, command: tuple) -> None:
+        kind = command[0]
+        if kind == "close":
+            self._release(slot)
+        elif slot.closed:
+            return
+        elif kind == "open":
+            slot.stream = self.pipe.open_stream(slot.reference, slot.options)
+            slot.activity = slot.make_activity()
+        elif kind == "push":
+            _, pcm, detect = command
+            voiced = False
+            if detect:
+                before = slot.activity.speaking
+                voiced = slot.activity.process(pcm)
+                if voiced != before:
+                    slot.callbacks.on_voice(voiced)
+            elif slot.activity.speaking:
+                slot.activity.reset()
+                slot.callbacks.on_voice(False)
+            slot.stream.push_audio(pcm, voiced=voiced)
+        elif kind == "clear":
+            slot.stream.clear_buffer()
+            slot.activity.reset()
+            slot.epoch += 1
+            slot.next_time = None
+        elif kind == "text":
+            slot.stream.set_text(command[1])
+        elif kind == "pose":
+            slot.stream.set_pose(command[1])
+        else:
+            raise ValueError(f"unknown engine command {kind!r}")
+
+    def _release(self, slot: Slot) -> None:
+        """Free the stream and VAD of a session and drop its slot (worker thread or after stop)."""
+        if slot.released.is_set():
+            return
+        slot.closed = True
+        try:
+            if slot.stream is not None:
+                slot.stream.close()
+            if slot.activity is not None:
+                slot.activity.close()
+        finally:
+            slot.stream = slot.activity = None
+            slot.commands.clear()
+            with self._lock:
+                self._slots.pop(slot.session_id, None)
+            slot.released.set()
+
+    def _select(self) -> list[Slot]:
+        """Ready streams with room in their output buffer, earliest deadline first."""
+        with self._lock:
+            slots = [s for s in self._slots.values() if s.stream is not None and not s.closed]
+        room = self.settings.max_chunks_ahead * self.frames_per_chunk
+        ready = [s for s in slots if s.callbacks.frames_buffered() < room and s.stream.ready()]
+        ready.sort(key=self._deadline)
+        self.stats.queue_depth = max(0, len(ready) - self.settings.max_batch)
+        return ready[: self.settings.max_batch]
+
+    def _deadline(self, slot: Slot) -> float:
+        """When the next chunk's first frame plays (now when unknown)."""
+        if slot.next_time is None:
+            return self.clock()
+        return slot.callbacks.deadline(slot.next_time) - self.settings.deadline_margin_ms / 1000.0
+
+    def _plan(self, batch: list[Slot]) -> tuple[list[Slot], int]:
+        """Steps for this batch, and which sessions are too late to generate at all."""
+        now = self.clock()
+        chunk_s = self.frames_per_chunk * self.frame_s
+        run = list(batch)
+        while run:
+            deadline = min(self._deadline(s) for s in run)
+            steps = self.max_steps
+            while steps > self.min_steps and now + self.cost.estimate(len(run), steps) > deadline:
+                steps -= 1
+            if now + self.cost.estimate(len(run), steps) <= deadline + chunk_s:
+                return run, steps
+            self._skip(run.pop(0))  # the most overdue session drops its backlog: held frames
+        return run, self.max_steps
+
+    def _skip(self, slot: Slot) -> None:
+        """Drop a late session's pending audio: its video holds while it catches up."""
+        frames = int(round((self.clock() - self._deadline(slot)) / self.frame_s)) + self.frames_per_chunk
+        slot.stream.clear_buffer()
+        slot.next_time = None
+        self.stats.skipped_frames += frames
+        slot.callbacks.on_skip(frames)
+
+    def _run_batch(self, batch: list[Slot]) -> None:
+        run, steps = self._plan(batch)
+        if not run:
+            return
+        epochs = [s.epoch for s in run]
+        started = self.clock()
+        chunks = self.pipe.generate([s.stream for s in run], steps=steps)
+        elapsed = self.clock() - started
+        self.cost.update(len(run), steps, elapsed)
+        st = self.stats
+        st.batches += 1
+        st.chunks += len(run)
+        st.degraded_chunks += len(run) if steps < self.max_steps else 0
+        st.last_batch, st.last_steps, st.last_generate_s = len(run), steps, elapsed
+        st.generate_seconds.append(elapsed)
+        for slot, chunk, epoch in zip(run, chunks, epochs):
+            times = np.asarray(chunk.audio_time_s, dtype=np.float64)
+            slot.next_time = float(times[-1]) + self.frame_s
+            slot.callbacks.on_chunk(chunk, epoch, steps)

@@ -1,0 +1,59 @@
+"""Loading the model for the server: the only place that imports model.pipeline."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from avatar_server.settings import ModelSettings, ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PipelineHandle:
+    """A loaded pipeline plus how to build its per-stream options."""
+
+    pipe: Any
+    make_options: Callable[..., Any]  # (text, seed, steps, guidance) -> StreamOptions
+    source: str                       # what was loaded, for logs and /readyz
+    device: str
+
+
+def resolve_device(name: str) -> str:
+    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
+    if name != "auto":
+        return name
+    import torch  # noqa: PLC0415
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_pipeline(settings: ServerSettings) -> PipelineHandle:
+    """The configured checkpoint; a random-init model of `model.config` when it is missing (loudly)."""
+    from model.pipeline import AvatarPipeline, StreamOptions  # noqa: PLC0415
+
+    model: ModelSettings = settings.model
+    device = resolve_device(model.device)
+    weights = settings.path(model.weights) if model.weights else None
+    if weights is not None and weights.is_dir():
+        pipe = AvatarPipeline.from_pretrained(str(weights), device=device)
+        source = f"weights {weights}"
+    else:
+        logger.warning(
+            "no trained weights at %s: serving a RANDOMLY INITIALISED %r model (it moves but does not look like the "
+            "avatar). Train one with `omnilive train` or set model.weights in the server config.", weights, model.config)
+        pipe = AvatarPipeline.from_config(model.config, device=device)
+        source = f"random-init {model.config}"
+    logger.info("model: %s on %s (%dx%d @ %d fps, %d-frame chunks, %d steps)", source, device,
+                pipe.config.width, pipe.config.height, pipe.config.fps, pipe.config.chunk_frames, pipe.config.steps)
+    return PipelineHandle(pipe=pipe, make_options=StreamOptions, source=source, device=device)
+
+
+def fake_pipeline(step_cost_s: float = 0.0, **config: Any) -> PipelineHandle:
+    """The deterministic test generator (avatar_server.testing) behind the same handle."""
+    from avatar_server.testing import FakeConfig, FakePipeline, FakeStreamOptions  # noqa: PLC0415
+
+    pipe = FakePipeline(config=FakeConfig(**config), step_cost_s=step_cost_s)
+    return PipelineHandle(pipe=pipe, make_options=FakeStreamOptions, source="fake", device="cpu")

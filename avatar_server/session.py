@@ -1,0 +1,348 @@
+"""One live avatar session: its peer connection, audio feed, engine slot, tracks and events.
+
+However a session ends (DELETE, peer failed/closed, events socket gone, duration limit, server
+shutdown) `close()` frees everything it holds: tasks, engine slot (stream caches, VAD), tracks and
+the peer connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+from aiortc import RTCPeerConnection
+from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+
+from avatar_server.audio import AudioHistory, Inbox, Resampler
+from avatar_server.engine import Engine, Slot, SlotCallbacks
+from avatar_server.playout import FrameQueue, PlayoutClock
+from avatar_server.settings import ServerSettings
+from avatar_server.tracks import AvatarAudioTrack, AvatarVideoTrack, TrackCounters
+from avatar_server.vad import make_activity
+
+logger = logging.getLogger(__name__)
+
+EVENT_QUEUE_SIZE = 256
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    """What the client asked for (validated by the route)."""
+
+    avatar: str
+    fps: int
+    width: int
+    height: int
+    text: str | None = None
+    guidance: dict[str, float] | None = None
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    return float(np.percentile(values, q)) if values else None
+
+
+class Session:
+    """A live avatar session; create with SessionManager.create()."""
+
+    def __init__(self, settings: ServerSettings, engine: Engine, pc: RTCPeerConnection, options: SessionOptions,
+                 reference: Any, idle: np.ndarray, stream_options: Any, sample_rate: int,
+                 on_closed: Callable[["Session", str], None], on_latency: Callable[[float], None]) -> None:
+        self.id = "s_" + secrets.token_hex(8)
+        self.settings = settings
+        self.engine = engine
+        self.pc = pc
+        self.options = options
+        self.rate = sample_rate
+        self.created = time.monotonic()
+        self.state = "connecting"
+        self.closed = False
+        self.close_reason: str | None = None
+        self.epoch = 0
+        self.speaking = False
+        self.connected = asyncio.Event()
+        self.tasks: set[asyncio.Task] = set()
+        self.listeners: set[asyncio.Queue] = set()
+        self._had_listener = False
+        self._on_closed = on_closed
+        self._on_latency_global = on_latency
+        self._loop = asyncio.get_running_loop()
+        self._flush = False
+        self._last_input = float("-inf")
+
+        media = settings.media
+        block = int(round(media.feed_interval_ms / 1000 * sample_rate))
+        self.clock = PlayoutClock(media)
+        self.frames = FrameQueue(engine.frame_s)
+        self.history = AudioHistory(sample_rate, media.audio_history_s, block)
+        self.inbox = Inbox(int(settings.limits.max_pending_audio_s * sample_rate))
+        self.counters = TrackCounters()
+        self.latencies: deque[float] = deque(maxlen=media.latency_window)
+        self.generated_frames = 0
+        self.steps_used = engine.max_steps
+        self.video = AvatarVideoTrack(self.clock, self.frames, self.history, idle, options.fps,
+                                      (options.width, options.height), self.counters, self._record_latency)
+        self.audio = AvatarAudioTrack(self.clock, self.history, media.av_sync_tolerance_ms / 1000, self.counters)
+        self.slot = Slot(
+            session_id=self.id, reference=reference, options=stream_options,
+            make_activity=lambda: make_activity(settings.vad),
+            callbacks=SlotCallbacks(
+                on_chunk=self._threadsafe(self._on_chunk), on_voice=self._threadsafe(self._on_voice),
+                on_skip=self._threadsafe(self._on_skip), deadline=self.clock.wall_time,
+                frames_buffered=lambda: len(self.frames), on_error=self._threadsafe(self._on_engine_error)),
+        )
+        self.skipped_frames = 0
+        self._last_stats = (time.monotonic(), 0)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Join the engine and start the feeder, stats and lifetime tasks."""
+        self.engine.add(self.slot)
+        if self.options.text:
+            self.engine.submit(self.slot, ("text", self.options.text))
+        self.spawn(self._feed(), "feed")
+        self.spawn(self._stats(), "stats")
+        self.spawn(self._lifetime(), "lifetime")
+
+    def spawn(self, coro: Any, name: str) -> asyncio.Task:
+        """A task owned by this session (cancelled by close)."""
+        task = asyncio.create_task(coro, name=f"{self.id}:{name}")
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    def on_connection_state(self, state: str) -> None:
+        """Peer connection state changes (registered by the manager)."""
+        if state == "connected":
+            self.connected.set()
+            self._set_state("idle")
+        elif state in ("failed", "closed"):
+            self.spawn(self.close(f"peer_{state}"), "close")
+
+    def on_remote_track(self, track: MediaStreamTrack) -> None:
+        """Consume every inbound track: microphone audio feeds the avatar, anything else is discarded."""
+        if track.kind == "audio":
+            self.spawn(self._ingest(track), "ingest")
+        else:
+            self.spawn(self._discard(track), "discard")
+
+    async def close(self, reason: str) -> None:
+        """Free everything (idempotent)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.close_reason = reason
+        logger.info("session %s closing: %s", self.id, reason)
+        current = asyncio.current_task()
+        others = [t for t in list(self.tasks) if t is not current]
+        for task in others:
+            task.cancel()
+        await asyncio.gather(*others, return_exceptions=True)
+        self.engine.remove(self.slot)
+        self.video.stop()
+        self.audio.stop()
+        try:
+            await asyncio.wait_for(self.pc.close(), timeout=5.0)
+        except (asyncio.TimeoutError, Exception):  # a broken peer must not block the rest
+            logger.warning("session %s: peer connection did not close cleanly", self.id)
+        self.frames.clear()
+        self.inbox.clear()
+        self._set_state("closed")
+        for queue in list(self.listeners):
+            self.offer(queue, None)
+        self._on_closed(self, reason)
+
+    async def _lifetime(self) -> None:
+        """Connect within connect_timeout_s; end at max_duration_s."""
+        sessions = self.settings.sessions
+        try:
+            await asyncio.wait_for(self.connected.wait(), sessions.connect_timeout_s)
+        except asyncio.TimeoutError:
+            self.spawn(self.close("connect_timeout"), "close")
+            return
+        remaining = sessions.max_duration_s - (time.monotonic() - self.created)
+        await asyncio.sleep(max(0.0, remaining))
+        self.emit({"type": "error", "code": "duration_limit", "detail": "session reached its maximum duration"})
+        self.spawn(self.close("duration_limit"), "close")
+
+    # ------------------------------------------------------------------ audio in
+
+    async def _ingest(self, track: MediaStreamTrack) -> None:
+        """Microphone: Opus frames -> 16 kHz mono -> inbox."""
+        resampler = Resampler(self.rate)
+        try:
+            while True:
+                frame = await track.recv()
+                self.put_audio(resampler.frame(frame))
+        except MediaStreamError:
+            return
+
+    async def _discard(self, track: MediaStreamTrack) -> None:
+        try:
+            while True:
+                await track.recv()
+        except MediaStreamError:
+            return
+
+    def put_audio(self, pcm: np.ndarray) -> bool:
+        """Queue input audio (mic or WS); False when the pending-audio limit is reached."""
+        if self.closed:
+            return False
+        self._last_input = time.monotonic()
+        return self.inbox.put(pcm)
+
+    def flush(self) -> None:
+        """End of utterance: feed the tail without waiting for the jitter allowance."""
+        self._flush = True
+
+    def interrupt(self) -> None:
+        """Barge-in: drop pending audio, its frames and unplayed speech; fade to idle."""
+        self.inbox.clear()
+        self.epoch += 1
+        self.engine.submit(self.slot, ("clear",))
+        playing = self.clock.audio_time(time.monotonic())
+        dropped = self.frames.drop_from(playing)
+        self.history.silence_from(int(round(playing * self.rate)))
+        self.video.fade_to_idle(self.engine.frames_per_chunk)
+        logger.debug("session %s interrupted: %d frames dropped", self.id, dropped)
+
+    def set_text(self, text: str | None) -> None:
+        self.engine.submit(self.slot, ("text", text))
+
+    def set_pose(self, keypoints: np.ndarray | None) -> None:
+        self.engine.submit(self.slot, ("pose", keypoints))
+
+    async def _feed(self) -> None:
+        """Push audio to the stream in real time: input when there is some, silence otherwise."""
+        media = self.settings.media
+        interval = media.feed_interval_ms / 1000
+        jitter = int(media.input_jitter_ms / 1000 * self.rate)
+        lead = int(media.input_lead_ms / 1000 * self.rate)
+        origin = self.clock.origin
+        while True:
+            now = time.monotonic()
+            due = int((now - origin) * self.rate)
+            room = due + lead - self.history.end
+            if room > 0 and self.inbox.size:
+                self._push(self.inbox.take(room), now, detect=True)
+            floor = due if self._flush and not self.inbox.size else due - jitter
+            if self.history.end < floor:
+                self._push(np.zeros(floor - self.history.end, np.float32), now, detect=False)
+                self._flush = False
+            self._update_state(now)
+            await asyncio.sleep(interval)
+
+    def _push(self, pcm: np.ndarray, now: float, detect: bool) -> None:
+        self.history.write(pcm, now)
+        self.engine.submit(self.slot, ("push", pcm, detect))
+
+    # ------------------------------------------------------------------ engine -> loop
+
+    def _threadsafe(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """Wrap a loop-side handler so the engine thread can call it."""
+        def call(*args: Any) -> None:
+            try:
+                self._loop.call_soon_threadsafe(fn, *args)
+            except RuntimeError:  # loop already closed (shutdown)
+                pass
+        return call
+
+    def _on_chunk(self, chunk: Any, epoch: int, steps: int) -> None:
+        if self.closed or epoch != self.epoch:
+            return
+        times = np.asarray(chunk.audio_time_s, dtype=np.float64)
+        self.clock.chunk_arrived(float(times[0]), time.monotonic())
+        self.frames.extend(times, chunk.frames)
+        self.generated_frames += len(times)
+        self.steps_used = steps
+
+    def _on_voice(self, speaking: bool) -> None:
+        self.speaking = speaking
+        self._update_state(time.monotonic())
+
+    def _on_skip(self, frames: int) -> None:
+        self.skipped_frames += frames
+
+    def _on_engine_error(self, detail: str) -> None:
+        self.emit({"type": "error", "code": "engine_error", "detail": detail})
+
+    def _record_latency(self, seconds: float) -> None:
+        self.latencies.append(seconds)
+        self._on_latency_global(seconds)
+
+    # ------------------------------------------------------------------ events out
+
+    def _update_state(self, now: float) -> None:
+        if self.closed or not self.connected.is_set():
+            return
+        if self.speaking:
+            state = "speaking"
+        elif now - self._last_input < self.settings.media.idle_after_ms / 1000:
+            state = "silent"
+        else:
+            state = "idle"
+        self._set_state(state)
+
+    def _set_state(self, state: str) -> None:
+        if state != self.state:
+            self.state = state
+            self.emit({"type": "state", "state": state})
+
+    def emit(self, event: dict[str, Any]) -> None:
+        """Send an event to every connected events socket."""
+        for queue in list(self.listeners):
+            self.offer(queue, event)
+
+    @staticmethod
+    def offer(queue: asyncio.Queue, event: dict[str, Any] | None) -> None:
+        if queue.full():  # a slow reader loses its oldest event, never blocks the session
+            queue.get_nowait()
+        queue.put_nowait(event)
+
+    def attach(self) -> asyncio.Queue:
+        """A new events socket: it gets the current state first."""
+        queue: asyncio.Queue = asyncio.Queue(EVENT_QUEUE_SIZE)
+        self.listeners.add(queue)
+        self._had_listener = True
+        queue.put_nowait({"type": "state", "state": self.state})
+        return queue
+
+    def detach(self, queue: asyncio.Queue) -> None:
+        """An events socket went away; with none left, the session ends after the grace period."""
+        self.listeners.discard(queue)
+        if not self.listeners and self._had_listener and not self.closed:
+            self.spawn(self._grace(), "grace")
+
+    async def _grace(self) -> None:
+        await asyncio.sleep(self.settings.sessions.reconnect_grace_s)
+        if not self.listeners:
+            await self.close("events_disconnected")
+
+    def stats(self) -> dict[str, Any]:
+        """The stats event (also used by the bench)."""
+        now = time.monotonic()
+        last_t, last_n = self._last_stats
+        fps = (self.counters.frames_sent - last_n) / max(now - last_t, 1e-6)
+        self._last_stats = (now, self.counters.frames_sent)
+        values = list(self.latencies)
+        p50, p95 = percentile(values, 50), percentile(values, 95)
+        return {
+            "type": "stats", "fps": round(fps, 2), "target_fps": self.options.fps,
+            "latency_ms_p50": None if p50 is None else round(p50 * 1000, 1),
+            "latency_ms_p95": None if p95 is None else round(p95 * 1000, 1),
+            "dropped_frames": self.frames.dropped, "held_frames": self.counters.frames_held + self.skipped_frames,
+            "steps": self.steps_used, "playout_delay_ms": round(self.clock.delay * 1000, 1),
+        }
+
+    async def _stats(self) -> None:
+        interval = self.settings.sessions.stats_interval_s
+        while True:
+            await asyncio.sleep(interval)
+            self.clock.decay(time.monotonic())
+            self.emit(self.stats())

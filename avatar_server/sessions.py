@@ -1,0 +1,116 @@
+"""SessionManager: admission, creating sessions from SDP offers, and ending them all."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+
+from avatar_server.avatars import Avatar
+from avatar_server.engine import Engine
+from avatar_server.metrics import Metrics
+from avatar_server.problems import Problem
+from avatar_server.runtime import PipelineHandle
+from avatar_server.session import Session, SessionOptions
+from avatar_server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+class SessionManager:
+    """Owns every live session; refuses new ones beyond `sessions.max_sessions`."""
+
+    def __init__(self, settings: ServerSettings, engine: Engine, handle: PipelineHandle, metrics: Metrics) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.handle = handle
+        self.metrics = metrics
+        self.sessions: dict[str, Session] = {}
+        self.draining = False
+        self._pending = 0
+
+    def __len__(self) -> int:
+        return len(self.sessions)
+
+    @property
+    def max_sessions(self) -> int:
+        return self.settings.sessions.max_sessions
+
+    @property
+    def full(self) -> bool:
+        return len(self.sessions) + self._pending >= self.max_sessions
+
+    def get(self, session_id: str) -> Session:
+        session = self.sessions.get(session_id)
+        if session is None:
+            raise Problem(404, f"unknown session {session_id!r}", code="unknown_session")
+        return session
+
+    def ice_servers(self) -> list[dict[str, Any]]:
+        """The configured STUN/TURN servers as the client sees them."""
+        return [server.model_dump(exclude_none=True) for server in self.settings.ice_servers]
+
+    def _admit(self) -> None:
+        if self.draining:
+            raise Problem(503, "the server is shutting down", code="draining",
+                          headers={"Retry-After": str(self.settings.sessions.retry_after_s)})
+        if self.full:
+            self.metrics.sessions_rejected.labels(reason="capacity").inc()
+            raise Problem(503, f"all {self.max_sessions} session slots are in use; retry later", code="capacity",
+                          headers={"Retry-After": str(self.settings.sessions.retry_after_s)})
+
+    async def create(self, offer_sdp: str, options: SessionOptions, avatar: Avatar) -> tuple[Session, str]:
+        """Answer an SDP offer with a new session; Problem 503 when full, 400 for an unusable offer."""
+        self._admit()
+        self._pending += 1
+        try:
+            return await self._create(offer_sdp, options, avatar)
+        finally:
+            self._pending -= 1
+
+    async def _create(self, offer_sdp: str, options: SessionOptions, avatar: Avatar) -> tuple[Session, str]:
+        config = RTCConfiguration(iceServers=[  # always explicit: aiortc falls back to a public STUN server
+            RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
+            for s in self.settings.ice_servers])
+        pc = RTCPeerConnection(config)
+        stream_options = self.handle.make_options(
+            text=options.text, seed=0, steps=self.settings.model.steps, guidance=options.guidance)
+        session = Session(self.settings, self.engine, pc, options, avatar.reference, avatar.idle, stream_options,
+                          int(self.handle.pipe.config.sample_rate), self._closed, self.metrics.latency.observe)
+
+        @pc.on("connectionstatechange")
+        def _state() -> None:
+            session.on_connection_state(pc.connectionState)
+
+        pc.on("track", session.on_remote_track)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            kinds = {t.kind for t in pc.getTransceivers()}
+            if "video" not in kinds:
+                raise ValueError("the offer has no video m-line to send the avatar on")
+            pc.addTrack(session.video)
+            if "audio" in kinds:
+                pc.addTrack(session.audio)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except Exception as error:  # aiortc raises many types for bad SDP
+            session.closed = True
+            await pc.close()
+            for task in list(session.tasks):
+                task.cancel()
+            raise Problem(400, f"unusable SDP offer: {error}", code="bad_sdp") from error
+        self.sessions[session.id] = session
+        session.start()
+        logger.info("session %s: avatar %s, %dx%d @ %d fps", session.id, avatar.id, options.width, options.height,
+                    options.fps)
+        return session, pc.localDescription.sdp
+
+    def _closed(self, session: Session, reason: str) -> None:
+        if self.sessions.pop(session.id, None) is not None:
+            self.metrics.session_ended(session, reason)
+
+    async def close_all(self, reason: str) -> None:
+        """Stop admitting and end every session (shutdown)."""
+        self.draining = True
+        await asyncio.gather(*(s.close(reason) for s in list(self.sessions.values())), return_exceptions=True)

@@ -1,0 +1,226 @@
+"""Server settings: configs/server/*.yaml + OMNILIVE_* environment overrides, validated at start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from model.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG = ROOT / "configs" / "server" / "default.yaml"
+ENV_PREFIX = "OMNILIVE_"
+ENV_NESTING = "__"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+#################################################################################
+#                                   Sections                                    #
+#################################################################################
+
+
+class ModelSettings(_Section):
+    """Which pipeline the engine runs."""
+
+    weights: str | None = Field(default="weights/tiny", description="checkpoint folder (relative to the repo root)")
+    config: str = Field(default="tiny", description="model config used when `weights` is missing")
+    device: str = Field(default="auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'")
+    torch_threads: int | None = Field(default=None, gt=0, description="intra-op threads; None keeps torch's default")
+    steps: int | None = Field(default=None, gt=0, description="denoising steps; None: the model's default")
+
+
+class EngineSettings(_Section):
+    """The device worker: batching and deadline-driven degradation."""
+
+    max_batch: int = Field(default=8, gt=0, description="streams per generate call")
+    min_steps: int = Field(default=1, gt=0, description="fewest steps before frames are held instead")
+    deadline_margin_ms: float = Field(default=10.0, ge=0, description="safety margin on each chunk deadline")
+    max_chunks_ahead: int = Field(default=2, gt=0, description="generated chunks a session may buffer")
+    cost_smoothing: float = Field(default=0.3, gt=0, le=1, description="EMA weight of the step-cost estimate")
+
+
+class MediaSettings(_Section):
+    """Outbound pacing, playout delay and A/V sync."""
+
+    max_fps: int = Field(default=30, gt=0)
+    max_width: int = Field(default=1280, gt=0)
+    max_height: int = Field(default=1280, gt=0)
+    initial_latency_ms: float = Field(default=300.0, gt=0, description="playout delay before it is measured")
+    min_latency_ms: float = Field(default=80.0, gt=0)
+    max_latency_ms: float = Field(default=800.0, gt=0, description="latency budget: beyond it, fewer steps, then held frames")
+    latency_margin_ms: float = Field(default=40.0, ge=0, description="slack kept above measured lateness")
+    latency_decay_ms_per_s: float = Field(default=5.0, ge=0, description="how fast unused slack is given back")
+    av_sync_tolerance_ms: float = Field(default=30.0, gt=0, description="audio resyncs beyond this offset")
+    input_jitter_ms: float = Field(default=100.0, ge=0, description="input gap before silence is fed")
+    input_lead_ms: float = Field(default=200.0, ge=0, description="audio fed ahead of the wall clock")
+    audio_history_s: float = Field(default=5.0, gt=0, description="pushed audio kept for the audio track")
+    feed_interval_ms: float = Field(default=20.0, gt=0)
+    idle_after_ms: float = Field(default=500.0, gt=0, description="no input for this long: state 'idle'")
+    latency_window: int = Field(default=250, gt=0, description="frames in the per-session p50/p95")
+
+    @model_validator(mode="after")
+    def _check(self) -> "MediaSettings":
+        if not self.min_latency_ms <= self.initial_latency_ms <= self.max_latency_ms:
+            raise ValueError("need min_latency_ms <= initial_latency_ms <= max_latency_ms")
+        if self.audio_history_s * 1000 <= self.max_latency_ms + self.input_lead_ms:
+            raise ValueError("audio_history_s must exceed max_latency_ms + input_lead_ms")
+        return self
+
+
+class VADSettings(_Section):
+    """silero-vad gating (one model per session)."""
+
+    enabled: bool = True
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    min_silence_ms: float = Field(default=200.0, ge=0, description="hangover before speech ends")
+    energy_floor: float = Field(default=1e-4, ge=0, description="RMS counted as voiced when VAD is disabled")
+
+
+class SessionSettings(_Section):
+    """Admission and lifetime of sessions."""
+
+    max_sessions: int = Field(default=2, ge=0, description="set from measured capacity (bench serve --find-capacity)")
+    retry_after_s: int = Field(default=10, gt=0)
+    max_duration_s: float = Field(default=3600.0, gt=0)
+    connect_timeout_s: float = Field(default=20.0, gt=0, description="ICE/DTLS must connect within this")
+    reconnect_grace_s: float = Field(default=10.0, ge=0, description="after the events socket drops")
+    stats_interval_s: float = Field(default=1.0, gt=0)
+
+
+class LimitSettings(_Section):
+    """Sizes and rates accepted from clients."""
+
+    max_body_bytes: int = Field(default=256 * 1024, gt=0, description="JSON request bodies")
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, gt=0, description="avatar images")
+    max_image_pixels: int = Field(default=16_000_000, gt=0)
+    min_image_side: int = Field(default=64, gt=0)
+    max_avatars: int = Field(default=100, gt=0)
+    max_ws_message_bytes: int = Field(default=256 * 1024, gt=0)
+    max_ws_messages_per_s: float = Field(default=200.0, gt=0)
+    ws_burst: int = Field(default=400, gt=0, description="token-bucket depth of the message-rate limit")
+    max_pending_audio_s: float = Field(default=60.0, gt=0, description="pushed audio not yet played")
+    max_text_chars: int = Field(default=1000, gt=0)
+    max_ws_sample_rate: int = Field(default=48000, gt=0)
+
+
+class AuthSettings(_Section):
+    """Bearer API keys and short-lived browser tokens; no keys means an open API."""
+
+    api_keys: tuple[str, ...] = ()
+    token_ttl_s: int = Field(default=600, gt=0)
+    token_secret: str | None = Field(default=None, description="HMAC secret; random per process when unset")
+
+
+class IceServer(_Section):
+    """One STUN/TURN server handed to clients and used by the server's peer connections."""
+
+    urls: tuple[str, ...]
+    username: str | None = None
+    credential: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_url(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("urls"), str):
+            data = {**data, "urls": [data["urls"]]}
+        return data
+
+    @model_validator(mode="after")
+    def _check(self) -> "IceServer":
+        for url in self.urls:
+            if not url.startswith(("stun:", "turn:", "turns:")):
+                raise ValueError(f"ice server url must start with stun:, turn: or turns:, got {url!r}")
+        return self
+
+
+class ServerSettings(_Section):
+    """Everything `omnilive serve` reads from configs/server/*.yaml."""
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=8080, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    model: ModelSettings = ModelSettings()
+    engine: EngineSettings = EngineSettings()
+    media: MediaSettings = MediaSettings()
+    vad: VADSettings = VADSettings()
+    sessions: SessionSettings = SessionSettings()
+    limits: LimitSettings = LimitSettings()
+    auth: AuthSettings = AuthSettings()
+    cors_origins: tuple[str, ...] = ()
+    ice_servers: tuple[IceServer, ...] = ()
+    default_avatar: str = "avatar_server/assets/default_avatar.png"
+    client_dir: str = "client"
+
+    def path(self, value: str) -> Path:
+        """A settings path made absolute against the repository root."""
+        path = Path(value)
+        return path if path.is_absolute() else ROOT / path
+
+
+#################################################################################
+#                                    Loading                                    #
+#################################################################################
+
+
+def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """OMNILIVE_SESSIONS__MAX_SESSIONS=4 -> {"sessions": {"max_sessions": 4}} (values parsed as YAML)."""
+    tree: dict[str, Any] = {}
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == "OMNILIVE_CONFIG":
+            continue
+        parts = key[len(ENV_PREFIX):].lower().split(ENV_NESTING)
+        if parts[0] not in ServerSettings.model_fields:
+            continue
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as error:
+            raise InputError(f"environment variable {key}: not a YAML value ({error})") from error
+        node = tree
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return tree
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge; override wins."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _describe(error: ValidationError, source: str) -> str:
+    """One line per invalid field, named by its dotted path."""
+    lines = [f"invalid server settings ({source}):"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "<root>"
+        lines.append(f"  {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
+                  **overrides: Any) -> ServerSettings:
+    """Read YAML, apply OMNILIVE_* environment variables and keyword overrides; InputError on any problem."""
+    environ = os.environ if environ is None else environ
+    path = Path(path or environ.get("OMNILIVE_CONFIG") or DEFAULT_CONFIG)
+    if not path.is_file():
+        raise InputError(f"server config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise InputError(f"server config {path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise InputError(f"server config {path} must be a mapping at the top level")
+    data = _merge(_merge(data, _env_overrides(environ)), {k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServerSettings.model_validate(data)
+    except ValidationError as error:
+        raise InputError(_describe(error, str(path))) from error

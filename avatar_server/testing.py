@@ -1,0 +1,245 @@
+"""A deterministic stand-in for model.pipeline.AvatarPipeline, for server tests and benchmarks.
+
+It implements the same streaming contract (docs/architecture.md "Pipeline API") and draws frames
+that can be checked from the far end of a WebRTC connection:
+- a mouth bar whose height follows the RMS of the voiced audio under the frame, and
+- a barcode in the top rows holding the frame's audio time (10 ms units, BARCODE_BITS bits).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, AsyncIterator
+
+import numpy as np
+from PIL import Image
+
+BARCODE_BITS = 16
+BARCODE_UNIT_S = 0.01
+BARCODE_ROWS = 8
+MOUTH_GAIN = 4.0  # RMS 0.25 -> fully open
+
+
+@dataclass(frozen=True)
+class FakeConfig:
+    """The PipelineConfig fields the server reads."""
+
+    fps: int = 25
+    chunk_frames: int = 4
+    context_frames: int = 2
+    lookahead_frames: int = 1
+    sample_rate: int = 16000
+    height: int = 128
+    width: int = 128
+    steps: int = 2
+
+
+@dataclass
+class FakeChunk:
+    frames: np.ndarray        # uint8 [F, H, W, 3]
+    audio_time_s: np.ndarray  # float [F]
+
+
+@dataclass
+class FakeStreamOptions:
+    text: str | None = None
+    seed: int = 0
+    steps: int | None = None
+    guidance: dict | None = None
+
+
+#################################################################################
+#                                Frame drawing                                  #
+#################################################################################
+
+
+def mouth_box(height: int, width: int) -> tuple[slice, slice]:
+    """Rows and columns of the mouth bar (lower middle of the frame)."""
+    return slice(height * 5 // 8, height * 7 // 8), slice(width * 3 // 8, width * 5 // 8)
+
+
+def barcode_cell(width: int) -> int:
+    """Pixel width of one barcode bit."""
+    return width // BARCODE_BITS
+
+
+def draw_frame(background: np.ndarray, audio_time_s: float, opening: float) -> np.ndarray:
+    """Background + mouth bar (opening in [0, 1]) + barcode of audio_time_s; uint8 [H, W, 3]."""
+    frame = background.copy()
+    h, w = frame.shape[:2]
+    rows, cols = mouth_box(h, w)
+    frame[rows, cols] = 0
+    bar = int(round(np.clip(opening, 0.0, 1.0) * (rows.stop - rows.start)))
+    if bar:
+        frame[rows.stop - bar:rows.stop, cols] = 255
+    code = int(round(audio_time_s / BARCODE_UNIT_S)) % (1 << BARCODE_BITS)
+    cell = barcode_cell(w)
+    for bit in range(BARCODE_BITS):
+        frame[:BARCODE_ROWS, bit * cell:(bit + 1) * cell] = 255 if (code >> bit) & 1 else 0
+    return frame
+
+
+def read_barcode(frame: np.ndarray) -> float:
+    """Audio time encoded by draw_frame (inverse, robust to lossy coding)."""
+    cell = barcode_cell(frame.shape[1])
+    gray = frame[1:BARCODE_ROWS - 1].mean(axis=(0, 2))  # [W]
+    code = 0
+    for bit in range(BARCODE_BITS):
+        if gray[bit * cell + 1:(bit + 1) * cell - 1].mean() > 128:
+            code |= 1 << bit
+    return code * BARCODE_UNIT_S
+
+
+def read_mouth(frame: np.ndarray) -> float:
+    """Mouth opening in [0, 1] drawn by draw_frame."""
+    rows, cols = mouth_box(*frame.shape[:2])
+    return float(frame[rows, cols].mean() / 255.0)
+
+
+#################################################################################
+#                                 Fake pipeline                                 #
+#################################################################################
+
+
+class FakeStream:
+    """Per-session state: pending audio + voiced mask, frame clock."""
+
+    def __init__(self, pipe: "FakePipeline", reference: np.ndarray, options: FakeStreamOptions) -> None:
+        self.pipe = pipe
+        self.reference = reference
+        self.options = options
+        self.text = options.text
+        self.pose = None
+        self.pending = np.zeros(0, np.float32)
+        self.voiced = np.zeros(0, bool)
+        self.next_frame = 0           # index of the next frame to generate
+        self.closed = False
+
+    def push_audio(self, pcm: np.ndarray, voiced: bool = True) -> None:
+        pcm = np.asarray(pcm, np.float32).reshape(-1)
+        self.pending = np.concatenate([self.pending, pcm])
+        self.voiced = np.concatenate([self.voiced, np.full(pcm.size, bool(voiced))])
+
+    def clear_buffer(self) -> None:
+        """Drop pending audio; the frame clock skips over it, so audio time keeps counting pushes."""
+        spf = self.pipe.samples_per_frame
+        self.next_frame += self.pending.size // spf
+        keep = self.pending.size % spf
+        self.pending, self.voiced = self.pending[self.pending.size - keep:], self.voiced[self.voiced.size - keep:]
+
+    def set_text(self, text: str | None) -> None:
+        self.text = text
+
+    def set_pose(self, keypoints: np.ndarray | None) -> None:
+        self.pose = keypoints
+
+    def ready(self) -> bool:
+        cfg = self.pipe.config
+        return self.pending.size >= (cfg.chunk_frames + cfg.lookahead_frames) * self.pipe.samples_per_frame
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.pending = np.zeros(0, np.float32)
+            self.pipe.close_stream(self)
+
+    def take_chunk(self) -> FakeChunk:
+        """Consume chunk_frames frames of audio and draw them."""
+        cfg, spf = self.pipe.config, self.pipe.samples_per_frame
+        frames, times = [], []
+        for i in range(cfg.chunk_frames):
+            window = self.pending[i * spf:(i + 1) * spf] * self.voiced[i * spf:(i + 1) * spf]
+            rms = float(np.sqrt(np.mean(window ** 2))) if window.size else 0.0
+            t = (self.next_frame + i) / cfg.fps
+            frames.append(draw_frame(self.reference, t, rms * MOUTH_GAIN))
+            times.append(t)
+        n = cfg.chunk_frames * spf
+        self.pending, self.voiced = self.pending[n:], self.voiced[n:]
+        self.next_frame += cfg.chunk_frames
+        return FakeChunk(np.stack(frames), np.asarray(times))
+
+
+@dataclass
+class FakePipeline:
+    """Same interface as AvatarPipeline; `step_cost_s` simulates compute per denoising step."""
+
+    config: FakeConfig = field(default_factory=FakeConfig)
+    step_cost_s: float = 0.0
+    device: str = "cpu"
+    calls: list[tuple[int, int]] = field(default_factory=list)  # (batch size, steps) per generate
+    open_streams: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def samples_per_frame(self) -> int:
+        return self.config.sample_rate // self.config.fps
+
+    def encode_reference(self, image: Image.Image | np.ndarray) -> np.ndarray:
+        """The reference resized to the output size (uint8 [H, W, 3])."""
+        if isinstance(image, np.ndarray):
+            image = Image.fromarray(image)
+        resized = image.convert("RGB").resize((self.config.width, self.config.height), Image.BILINEAR)
+        return np.asarray(resized, np.uint8)
+
+    def open_stream(self, reference: np.ndarray, options: FakeStreamOptions | None = None) -> FakeStream:
+        with self._lock:
+            self.open_streams += 1
+        return FakeStream(self, reference, options or FakeStreamOptions())
+
+    def close_stream(self, stream: FakeStream) -> None:
+        with self._lock:
+            self.open_streams -= 1
+
+    def generate(self, streams: list[FakeStream], steps: int | None = None) -> list[FakeChunk]:
+        steps = steps or self.config.steps
+        self.calls.append((len(streams), steps))
+        if self.step_cost_s:
+            time.sleep(self.step_cost_s * steps)
+        return [stream.take_chunk() for stream in streams]
+
+
+#################################################################################
+#                            In-process server runner                           #
+#################################################################################
+
+
+@contextlib.asynccontextmanager
+async def running_server(app: Any, host: str = "127.0.0.1") -> AsyncIterator[str]:
+    """Serve `app` with uvicorn on a free port of the current event loop; yields the base URL."""
+    import uvicorn  # noqa: PLC0415
+
+    config = uvicorn.Config(app, host=host, port=0, lifespan="on", log_level="warning", ws="websockets-sansio",
+                            loop="none", timeout_graceful_shutdown=5)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server._serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped during startup")
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+TEST_CONFIG = "configs/server/test.yaml"
+
+
+@contextlib.asynccontextmanager
+async def fake_server(step_cost_s: float = 0.0, handle: Any = None, **overrides: Any) -> AsyncIterator[tuple[str, Any]]:
+    """A server on the fake generator (or `handle`) with configs/server/test.yaml + overrides; yields (url, state)."""
+    from avatar_server.app import create_app  # noqa: PLC0415
+    from avatar_server.runtime import fake_pipeline  # noqa: PLC0415
+    from avatar_server.settings import load_settings  # noqa: PLC0415
+
+    settings = load_settings(TEST_CONFIG, environ={}, **overrides)
+    app = create_app(settings, handle or fake_pipeline(step_cost_s))
+    async with running_server(app) as url:
+        yield url, app.state.server
