@@ -1,0 +1,438 @@
+"""AvatarPipeline: checkpoint folder -> live streams (open_stream/generate) and offline render()."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from model.conditioning.audio import AudioFeatureBuffer, LocalAudioEncoder
+from model.conditioning.text import TextEncoder
+from model.config import ModelConfig, load_model_config
+from model.dit import OmniHumanDiT
+from model.errors import InputError
+from model.flow import Guidance
+from model.streaming import ChunkConditions, StreamingSampler, StreamState
+from model.vae import FrameVAE
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "weights" / "tiny"
+PIPELINE_FILE = "pipeline.json"
+PIPELINE_FORMAT = "omnilive-pipeline"
+PIPELINE_VERSION = 1
+RANDOM_INIT_STD = 0.02  # fills zero-initialised weights of a random-init model (see from_config)
+
+
+#################################################################################
+#                               Public data types                               #
+#################################################################################
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The figures a caller of the pipeline needs (derived from the ModelConfig)."""
+
+    name: str
+    fps: int
+    chunk_frames: int
+    context_frames: int
+    reference_frames: int
+    steps: int
+    lookahead_frames: int
+    sample_rate: int
+    height: int
+    width: int
+
+    @classmethod
+    def from_model(cls, config: ModelConfig) -> "PipelineConfig":
+        s = config.sampler
+        return cls(name=config.name, fps=s.fps, chunk_frames=s.chunk_frames, context_frames=s.context_frames,
+                   reference_frames=s.reference_frames, steps=s.steps, lookahead_frames=config.audio.lookahead_frames,
+                   sample_rate=config.audio.sample_rate, height=config.video.height, width=config.video.width)
+
+    @property
+    def samples_per_frame(self) -> int:
+        """Audio samples per video frame (640 at 16 kHz / 25 fps)."""
+        return self.sample_rate // self.fps
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """Per-stream options; None falls back to the model config. guidance: Guidance or {"audio", "text"}."""
+
+    text: str | None = None
+    seed: int = 0
+    steps: int | None = None
+    guidance: Guidance | Mapping[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class ReferenceFeatures:
+    """An avatar image prepared once (cropped to the output size, VAE-encoded); shared by its streams."""
+
+    latents: torch.Tensor  # [R, C, h, w] on the pipeline's device
+    image: np.ndarray  # uint8 [H, W, 3], the cropped reference
+
+    @property
+    def height(self) -> int:
+        return int(self.image.shape[0])
+
+    @property
+    def width(self) -> int:
+        return int(self.image.shape[1])
+
+
+@dataclass
+class LatentChunk:
+    """A sampled chunk before VAE decoding."""
+
+    stream: "AvatarStream"
+    latents: torch.Tensor  # [F, C, h, w]
+    first_frame: int
+
+
+@dataclass
+class Chunk:
+    """F decoded frames of one stream and the stream audio time each was generated from."""
+
+    stream: "AvatarStream"
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    audio_time_s: np.ndarray  # float64 [F]
+    first_frame: int
+
+
+#################################################################################
+#                                  AvatarStream                                 #
+#################################################################################
+
+class AvatarStream:
+    """One live session: audio features buffer, text/pose conditions and the sampler's StreamState.
+
+    Thread-safe: audio may be pushed from one thread while another runs `AvatarPipeline.generate`.
+    """
+
+    def __init__(self, pipeline: "AvatarPipeline", reference: ReferenceFeatures, options: StreamOptions,
+                 state: StreamState, audio: AudioFeatureBuffer):
+        self.pipeline = pipeline
+        self.reference = reference
+        self.options = options
+        self.state = state
+        self._audio = audio
+        self._lock = threading.Lock()
+        self._text: torch.Tensor | None = None
+        self._pose: torch.Tensor | None = None  # [G, h, w] heatmaps held until changed
+        self._guidance = _guidance(options.guidance, pipeline.model_config)
+        self.closed = False
+        self.set_text(options.text)
+
+    # ---------------------------------------------------------------- inputs
+
+    def push_audio(self, pcm: np.ndarray | torch.Tensor, voiced: bool = True) -> None:
+        """Append float32 mono 16 kHz samples (any length); voiced=False conditions them as silence."""
+        samples = torch.as_tensor(np.asarray(pcm, dtype=np.float32)).reshape(-1)
+        if not bool(torch.isfinite(samples).all()):
+            raise InputError("audio samples must be finite")
+        with self._lock:
+            self._check_open()
+            self._audio.push(samples, voiced=voiced)
+
+    def clear_buffer(self) -> None:
+        """Barge-in: drop audio not yet turned into frames; audio pushed next drives the next frame."""
+        with self._lock:
+            self._check_open()
+            self._audio.reset(self.state.frame_index)
+
+    def set_text(self, text: str | None) -> None:
+        """Text condition for the following chunks (None or empty: the model's learned null text)."""
+        embedding = self.pipeline.text_encoder.encode(text)
+        with self._lock:
+            self._text = embedding
+
+    def set_pose(self, keypoints: np.ndarray | Sequence[Sequence[float]] | None) -> None:
+        """Pose for the following chunks: [K, 3] (x, y in [0, 1], visibility) or None (free motion)."""
+        heatmaps = None if keypoints is None else self.pipeline.pose_heatmaps(keypoints, self.reference)
+        with self._lock:
+            self._pose = heatmaps
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def frame_index(self) -> int:
+        """Index of the next frame this stream will generate."""
+        return self.state.frame_index
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """Latent grid (h, w); streams batch together only when it matches."""
+        return self.state.grid
+
+    def audio_time(self, frame: int) -> float:
+        """Stream audio time (s) a frame is generated from and should be shown with."""
+        return frame / self.pipeline.config.fps
+
+    def ready(self) -> bool:
+        """Whether enough audio arrived for one more chunk (F frames + look-ahead)."""
+        with self._lock:
+            return not self.closed and self._audio.ready(self.state.frame_index, self.pipeline.config.chunk_frames)
+
+    def next_conditions(self, pose: torch.Tensor | None = None) -> ChunkConditions:
+        """Consume the audio of the next chunk; `pose` [F, G, h, w] overrides the held pose."""
+        f = self.pipeline.config.chunk_frames
+        with self._lock:
+            self._check_open()
+            windows = self._audio.windows(self.state.frame_index, f)  # [F, W, K, A]
+            if pose is None and self._pose is not None:
+                pose = self._pose[None].expand(f, *self._pose.shape)  # [F, G, h, w]
+            return ChunkConditions(audio=windows, pose=pose, text=self._text, guidance=self._guidance)
+
+    def close(self) -> None:
+        """Free the caches; the stream cannot be used afterwards."""
+        with self._lock:
+            self.closed = True
+            self.state.close()
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise InputError("the stream is closed")
+
+
+#################################################################################
+#                                 AvatarPipeline                                #
+#################################################################################
+
+class AvatarPipeline:
+    """DiT + VAE + conditioning; the only door from the server and the CLI into the model."""
+
+    def __init__(self, model_config: ModelConfig, dit: OmniHumanDiT, vae: FrameVAE,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+        self.model_config = model_config
+        self.config = PipelineConfig.from_model(model_config)
+        self.device = torch.device(device)
+        self.dit = (dit.to(self.device) if dtype == dit.dtype else dit.to(self.device, dtype)).eval()
+        self.vae = vae.to(self.device, dtype).eval()
+        self.sampler = StreamingSampler(self.dit, model_config)
+        self.text_encoder = TextEncoder(self.device)
+        self._local_audio = LocalAudioEncoder(model_config) if model_config.audio.encoder == "local" else None
+        if self.vae.latent_channels != self.dit.config.latent_channels:
+            raise InputError(f"VAE latents have {self.vae.latent_channels} channels, "
+                             f"the DiT expects {self.dit.config.latent_channels}")
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def from_config(cls, config: str | Path | ModelConfig, seed: int = 0, device: str | torch.device = "cpu",
+                    dtype: torch.dtype = torch.float32, zero_init: bool = False) -> "AvatarPipeline":
+        """Untrained pipeline (speed measurement, tests). zero_init=False also fills the DiT's
+        zero-initialised output layers with small noise, so every condition changes the output."""
+        model_config = config if isinstance(config, ModelConfig) else load_model_config(config)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            dit = OmniHumanDiT(**model_config.dit_kwargs())
+            vae = FrameVAE.from_config(model_config.vae)
+            if not zero_init:
+                with torch.no_grad():
+                    for parameter in dit.parameters():
+                        if not parameter.any():
+                            parameter.normal_(std=RANDOM_INIT_STD)
+        return cls(model_config, dit, vae, device=device, dtype=dtype)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, device: str | torch.device = "cpu",
+                        dtype: torch.dtype = torch.float32) -> "AvatarPipeline":
+        """Load DIR/{pipeline.json, dit/, vae/[, audio/]} written by save_pretrained; never downloads."""
+        path = Path(path)
+        meta_path = path / PIPELINE_FILE
+        if not meta_path.is_file():
+            raise InputError(f"{path} is not an omnilive checkpoint folder ({PIPELINE_FILE} missing)")
+        try:
+            meta = json.loads(meta_path.read_text())
+            if meta.get("format") != PIPELINE_FORMAT or meta.get("version") != PIPELINE_VERSION:
+                raise InputError(f"{meta_path}: unsupported format {meta.get('format')!r} "
+                                 f"version {meta.get('version')!r}")
+            model_config = ModelConfig.model_validate(meta["model"])
+        except (json.JSONDecodeError, KeyError, ValueError) as error:
+            raise InputError(f"{meta_path} is not a valid pipeline description: {error}") from error
+        if model_config.audio.encoder == "local":
+            local = Path(model_config.audio.local_encoder_path or "")
+            audio = model_config.audio.model_copy(update={"local_encoder_path": str(path / local)})
+            model_config = model_config.model_copy(update={"audio": audio})
+        for part in ("dit", "vae"):
+            if not (path / part / "config.json").is_file():
+                raise InputError(f"checkpoint {path} has no {part}/ weights")
+        dit = OmniHumanDiT.from_pretrained(str(path / "dit"), local_files_only=True)
+        vae = FrameVAE.from_pretrained(path / "vae")
+        logger.info("loaded %s pipeline from %s", model_config.name, path)
+        return cls(model_config, dit, vae, device=device, dtype=dtype)
+
+    def save_pretrained(self, path: str | Path) -> None:
+        """Write DIR/pipeline.json (model config), dit/ and vae/ (safetensors), audio/ for a local encoder."""
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        model_config = self.model_config
+        if model_config.audio.encoder == "local":
+            (path / "audio").mkdir(exist_ok=True)
+            shutil.copy2(Path(model_config.audio.local_encoder_path or "") / "encoder.pt", path / "audio" / "encoder.pt")
+            audio = model_config.audio.model_copy(update={"local_encoder_path": "audio"})
+            model_config = model_config.model_copy(update={"audio": audio})
+        self.dit.save_pretrained(str(path / "dit"), safe_serialization=True)
+        self.vae.save_pretrained(path / "vae")
+        meta = {"format": PIPELINE_FORMAT, "version": PIPELINE_VERSION, "model": model_config.model_dump(mode="json")}
+        (path / PIPELINE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+        logger.info("saved pipeline to %s", path)
+
+    @property
+    def num_parameters(self) -> dict[str, int]:
+        """Parameter counts of the DiT and the VAE."""
+        return {"dit": sum(p.numel() for p in self.dit.parameters()),
+                "vae": sum(p.numel() for p in self.vae.parameters())}
+
+    # ---------------------------------------------------------------- references and streams
+
+    @torch.inference_mode()
+    def encode_reference(self, image: Image.Image | np.ndarray, height: int | None = None,
+                         width: int | None = None) -> ReferenceFeatures:
+        """Resize (cover) + center-crop to height x width (default: the config's), VAE-encode once."""
+        height = height or self.config.height
+        width = width or self.config.width
+        self.model_config.check_size(height, width)
+        pixels = _crop_to(_as_pil(image), height, width)  # uint8 [H, W, 3]
+        frames = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # [1, 3, H, W]
+        latents = self.vae.encode(frames)  # [1, C, h, w]
+        latents = latents.expand(self.config.reference_frames, *latents.shape[1:]).contiguous()  # [R, C, h, w]
+        return ReferenceFeatures(latents=latents, image=pixels)
+
+    def open_stream(self, reference: ReferenceFeatures, options: StreamOptions | None = None) -> AvatarStream:
+        """A new live stream on a prepared reference (reference K/V computed here, once)."""
+        options = options or StreamOptions()
+        if options.steps is not None and options.steps < 1:
+            raise InputError(f"steps must be >= 1, got {options.steps}")
+        state = self.sampler.init_state(reference.latents, seed=options.seed)
+        audio = AudioFeatureBuffer(self.model_config, encoder=self._local_audio)
+        return AvatarStream(self, reference, options, state, audio)
+
+    # ---------------------------------------------------------------- generation
+
+    def sample(self, streams: Sequence[AvatarStream], steps: int | None = None,
+               naive: bool = False) -> list[LatentChunk]:
+        """Next chunk's latents for every ready stream: one batched sampler call per (grid, steps).
+
+        naive=True runs the cache-free reference path (the streams can then only continue naively).
+        """
+        groups: dict[tuple[tuple[int, int], int], list[AvatarStream]] = {}
+        for stream in streams:
+            if stream.ready():
+                key = (stream.grid, steps or stream.options.steps or self.config.steps)
+                groups.setdefault(key, []).append(stream)
+        out: dict[int, LatentChunk] = {}
+        for (_, group_steps), group in groups.items():
+            conditions = [s.next_conditions() for s in group]
+            first = [s.frame_index for s in group]
+            run = self.sampler.naive_generate if naive else self.sampler.generate
+            latents = run([s.state for s in group], conditions, steps=group_steps)  # [B, F, C, h, w]
+            for stream, start, chunk in zip(group, first, latents):
+                out[id(stream)] = LatentChunk(stream=stream, latents=chunk, first_frame=start)
+        return [out[id(s)] for s in streams if id(s) in out]
+
+    @torch.inference_mode()
+    def decode(self, chunks: Sequence[LatentChunk]) -> list[Chunk]:
+        """VAE-decode sampled chunks (one batch per frame size) into uint8 frames + audio times."""
+        decoded: dict[int, np.ndarray] = {}
+        by_grid: dict[tuple[int, ...], list[int]] = {}
+        for i, chunk in enumerate(chunks):
+            by_grid.setdefault(tuple(chunk.latents.shape), []).append(i)
+        for members in by_grid.values():
+            latents = torch.cat([chunks[i].latents for i in members])  # [B*F, C, h, w]
+            frames = self.vae.decode_uint8(latents).numpy()  # [B*F, H, W, 3]
+            for j, i in enumerate(np.array_split(frames, len(members))):
+                decoded[members[j]] = i
+        return [Chunk(stream=c.stream, frames=decoded[i],
+                      audio_time_s=np.array([c.stream.audio_time(c.first_frame + k) for k in range(len(decoded[i]))]),
+                      first_frame=c.first_frame) for i, c in enumerate(chunks)]
+
+    def generate(self, streams: Sequence[AvatarStream], steps: int | None = None) -> list[Chunk]:
+        """One chunk for every ready stream (input order; streams that are not ready are skipped)."""
+        return self.decode(self.sample(streams, steps))
+
+    # ---------------------------------------------------------------- offline render
+
+    def render(self, image: Image.Image | np.ndarray, audio: np.ndarray, pose: tuple[np.ndarray, np.ndarray] | None = None,
+               text: str | None = None, seed: int = 0, steps: int | None = None) -> np.ndarray:
+        """Offline video for a whole clip: uint8 [T, H, W, 3], T = ceil(duration * fps); the same
+        streaming sampler chunk by chunk, audio tail padded with silence. pose = (xy [T', K, 2], vis [T', K])."""
+        audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        if audio.size == 0:
+            raise InputError("audio is empty (0 samples)")
+        cfg = self.config
+        total = math.ceil(audio.size * cfg.fps / cfg.sample_rate)
+        chunks = math.ceil(total / cfg.chunk_frames)
+        needed = (chunks * cfg.chunk_frames + cfg.lookahead_frames) * cfg.samples_per_frame
+        reference = self.encode_reference(image)
+        stream = self.open_stream(reference, StreamOptions(text=text, seed=seed, steps=steps))
+        try:
+            stream.push_audio(audio)
+            stream.push_audio(np.zeros(max(0, needed - audio.size), np.float32), voiced=False)
+            heatmaps = self._clip_heatmaps(pose, reference, chunks * cfg.chunk_frames) if pose is not None else None
+            frames = []
+            for k in range(chunks):
+                f0 = k * cfg.chunk_frames
+                chunk_pose = None if heatmaps is None else heatmaps[f0 : f0 + cfg.chunk_frames]
+                latent = self._sample_one(stream, chunk_pose, steps)
+                frames.append(self.decode([latent])[0].frames)
+        finally:
+            stream.close()
+        return np.concatenate(frames)[:total]
+
+    @torch.inference_mode()
+    def _sample_one(self, stream: AvatarStream, pose: torch.Tensor | None, steps: int | None) -> LatentChunk:
+        """One chunk of one stream with an explicit per-frame pose (offline rendering)."""
+        start = stream.frame_index
+        conditions = stream.next_conditions(pose=pose)
+        latents = self.sampler.generate([stream.state], [conditions], steps=steps or stream.options.steps)
+        return LatentChunk(stream=stream, latents=latents[0], first_frame=start)
+
+
+#################################################################################
+#                                    Helpers                                    #
+#################################################################################
+
+def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:
+    """PIL image or uint8 [H, W, 3] array -> RGB PIL image; InputError otherwise."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
+        raise InputError(f"reference image must be uint8 [H, W, 3], got {array.dtype} {list(array.shape)}")
+    return Image.fromarray(array, "RGB")
+
+
+def _crop_to(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """Resize so the image covers height x width, then center-crop -> uint8 [height, width, 3]."""
+    scale = max(height / image.height, width / image.width)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    resized = image.resize(size, Image.Resampling.BICUBIC)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.uint8).copy()
+
+
+def _guidance(option: Guidance | Mapping[str, float] | None, config: ModelConfig) -> Guidance | None:
+    """Stream guidance: None (the config's), a Guidance, or {"audio", "text"} scales on the config's annealing."""
+    if option is None or isinstance(option, Guidance):
+        return option
+    unknown = set(option) - {"audio", "text"}
+    if unknown:
+        raise InputError(f"unknown guidance keys: {sorted(unknown)} (expected 'audio', 'text')")
+    base = Guidance.from_config(config.sampler)
+    scales = {key: float(value) for key, value in option.items()}
+    if any(not math.isfinite(v) or v < 0 for v in scales.values()):
+        raise InputError(f"guidance scales must be finite and >= 0, got {scales}")
+    return Guidance(audio=scales.get("audio", base.audio), text=scales.get("text", base.text),
+                    anneal=base.anneal, min_scale=base.min_scale)
