@@ -1,0 +1,1 @@
+"""Synthetic studio: stylized talking people with ground truth for every condition."""
