@@ -2,4 +2,5 @@
 
 COMMAND_MODULES: tuple[str, ...] = (
     "train",
+    "synth",
 )
