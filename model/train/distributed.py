@@ -48,6 +48,17 @@ class DistContext:
         return float(tensor.item() / self.world_size)
 
 
+    def replicas_agree(self, module: torch.nn.Module) -> bool:
+        """True when every process holds bit-identical weights (checked via an exact checksum)."""
+        if not self.enabled:
+            return True
+        flat = torch.cat([p.detach().double().flatten().cpu() for p in module.parameters()])
+        checksum = torch.stack([flat.sum(), (flat * torch.arange(1, flat.numel() + 1, dtype=torch.float64)).sum()])
+        gathered = [torch.zeros_like(checksum) for _ in range(self.world_size)]
+        dist.all_gather(gathered, checksum)
+        return all(torch.equal(g, gathered[0]) for g in gathered)
+
+
 def init_distributed(device: str | None = None) -> DistContext:
     """Join the process group described by torchrun-style env vars (RANK, WORLD_SIZE, ...) if any."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))

@@ -159,6 +159,8 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
     """
     model_config = load_model_config(config.model)
     out = Path(config.run.output_dir)
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
     vae = FrameVAE.from_config(model_config.vae).to(ctx.device)
     vae.train()

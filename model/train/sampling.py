@@ -1,0 +1,145 @@
+"""Training samples shaped like one streaming step: [reference | M context | F chunk] + conditions.
+
+What the sampler sees at inference is what the model trains on: the reference is a frame from
+elsewhere in the clip (or another clip of the same identity), the M context frames are the frames
+just before the chunk, lightly noised with their own per-frame times (context-noise augmentation
+against drift; sometimes clean, sometimes the reference repeated as at stream start), and the F
+chunk frames are noised at one flow time t. Conditions are kept with the stage's ratios, and only
+where the clip's quality flags allow them.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import torch
+
+from model.flow import add_noise, sample_timesteps
+from model.train.cache import CachedClip
+from model.train.config import SampleConfig, StageConfig
+
+
+@dataclass
+class Batch:
+    """Model inputs and targets of one optimisation step (B samples, T = R + M + F frames)."""
+
+    latents: torch.Tensor       # [B, T, C, h, w] noised inputs
+    timesteps: torch.Tensor     # [B, T] per-frame flow times (reference 0)
+    clean: torch.Tensor         # [B, T, C, h, w] x0
+    noise: torch.Tensor         # [B, T, C, h, w]
+    loss_weight: torch.Tensor   # [B, T] 1 on chunk frames, 0 elsewhere
+    audio: torch.Tensor | None  # [B, F, W, K, A] per-frame audio windows
+    pose: torch.Tensor | None   # [B, F, G, h, w]
+    text: torch.Tensor          # [B, text_dim]
+    drop_audio: torch.Tensor    # [B] bool
+    drop_pose: torch.Tensor     # [B] bool
+    drop_text: torch.Tensor     # [B] bool
+    num_reference: int
+    num_context: int
+
+    def to(self, device: torch.device) -> "Batch":
+        """The same batch on `device`."""
+        moved = {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in self.__dict__.items()}
+        return Batch(**moved)
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments of OmniHumanDiT.forward."""
+        return dict(latents=self.latents, timesteps=self.timesteps, num_reference=self.num_reference,
+                    num_context=self.num_context, audio=self.audio, pose=self.pose, text=self.text,
+                    drop_audio=self.drop_audio, drop_text=self.drop_text, drop_pose=self.drop_pose)
+
+
+class StreamingSampleBuilder:
+    """Draws streaming-shaped batches from cached clips; clips in a batch share their latent grid."""
+
+    def __init__(self, clips: list[CachedClip], context_frames: int, chunk_frames: int, reference_frames: int,
+                 sample: SampleConfig, timestep_shift: float = 1.0):
+        self.m, self.f, self.r = context_frames, chunk_frames, reference_frames
+        self.sample = sample
+        self.timestep_shift = timestep_shift
+        usable = [c for c in clips if c.frames >= self.m + self.f + 1]
+        if not usable:
+            raise ValueError(f"no clip has the {self.m + self.f + 1} frames a sample needs")
+        self.buckets: dict[tuple[int, int], list[CachedClip]] = defaultdict(list)
+        for clip in usable:
+            self.buckets[clip.grid].append(clip)
+        self.bucket_keys = sorted(self.buckets)
+        self.bucket_weights = torch.tensor([float(len(self.buckets[k])) for k in self.bucket_keys])
+        self.by_identity: dict[tuple[tuple[int, int], str], list[CachedClip]] = defaultdict(list)
+        for clip in usable:
+            self.by_identity[(clip.grid, clip.identity)].append(clip)
+        first = usable[0]
+        self.audio_shape = (first.audio.shape[1:] if first.audio is not None else
+                            next((c.audio.shape[1:] for c in usable if c.audio is not None), None))
+        self.pose_channels = next((c.pose.shape[1] for c in usable if c.pose is not None), 0)
+        self.text_dim = first.text.shape[0]
+
+    # ---------------------------------------------------------------- pieces
+
+    def _reference(self, clip: CachedClip, start: int, g: torch.Generator) -> torch.Tensor:
+        """R reference latents from another clip of the identity, or far from the window in this clip."""
+        others = [c for c in self.by_identity[(clip.grid, clip.identity)] if c.id != clip.id]
+        if others and float(torch.rand((), generator=g)) < self.sample.reference_other_clip_prob:
+            source = others[int(torch.randint(len(others), (1,), generator=g))]
+            picks = torch.randint(source.frames, (self.r,), generator=g)
+            return source.latents[picks]
+        end = start + self.m + self.f
+        gap = self.sample.reference_min_gap
+        candidates = [i for i in range(clip.frames) if i <= start - gap or i >= end + gap]
+        if not candidates:
+            candidates = [i for i in range(clip.frames) if i < start or i >= end] or list(range(clip.frames))
+        picks = torch.randint(len(candidates), (self.r,), generator=g)
+        return clip.latents[[candidates[int(p)] for p in picks]]
+
+    def _context_times(self, g: torch.Generator) -> torch.Tensor:
+        """Per-frame flow times [M] of the context: 0 (clean) or U(0, max) each."""
+        if float(torch.rand((), generator=g)) < self.sample.context_clean_prob:
+            return torch.zeros(self.m)
+        return torch.rand(self.m, generator=g) * self.sample.context_noise_max
+
+    # ---------------------------------------------------------------- batch
+
+    def build(self, batch_size: int, stage: StageConfig, g: torch.Generator) -> Batch:
+        """One batch for `stage` (its ratios decide which conditions each sample keeps)."""
+        key = self.bucket_keys[int(torch.multinomial(self.bucket_weights, 1, generator=g))]
+        pool = self.buckets[key]
+        rows = defaultdict(list)
+        for _ in range(batch_size):
+            clip = pool[int(torch.randint(len(pool), (1,), generator=g))]
+            start = int(torch.randint(clip.frames - self.m - self.f + 1, (1,), generator=g))
+            reference = self._reference(clip, start, g)
+            window = clip.latents[start:start + self.m + self.f]
+            context, chunk = window[: self.m], window[self.m:]
+            if self.m and float(torch.rand((), generator=g)) < self.sample.stream_start_prob:
+                context = reference[-1:].expand(self.m, *reference.shape[1:])
+            keep = {c: c in clip.conditions and float(torch.rand((), generator=g)) < stage.ratio(c)
+                    for c in ("reference", "text", "audio", "pose")}
+            keep["audio"] &= clip.audio is not None
+            keep["pose"] &= clip.pose is not None
+            if not keep["reference"]:
+                reference = torch.zeros_like(reference)
+            chunk_index = torch.arange(start + self.m, start + self.m + self.f)
+            if self.audio_shape is not None:
+                rows["audio"].append(clip.audio[chunk_index] if clip.audio is not None else torch.zeros(self.f, *self.audio_shape))
+            if self.pose_channels:
+                rows["pose"].append(clip.pose[chunk_index] if clip.pose is not None else
+                                    torch.zeros(self.f, self.pose_channels, *clip.grid))
+            rows["clean"].append(torch.cat([reference, context, chunk]))
+            rows["context_t"].append(self._context_times(g))
+            rows["text"].append(clip.text)
+            for name in ("audio", "pose", "text"):
+                rows[f"drop_{name}"].append(not keep[name])
+        clean = torch.stack(rows["clean"])
+        b = clean.shape[0]
+        noise = torch.randn(clean.shape, generator=g)
+        chunk_t = sample_timesteps((b,), shift=self.timestep_shift, generator=g)
+        timesteps = torch.cat([torch.zeros(b, self.r), torch.stack(rows["context_t"]), chunk_t[:, None].expand(b, self.f)], 1)
+        loss_weight = torch.cat([torch.zeros(b, self.r + self.m), torch.ones(b, self.f)], 1)
+        return Batch(
+            latents=add_noise(clean, noise, timesteps), timesteps=timesteps, clean=clean, noise=noise,
+            loss_weight=loss_weight, audio=torch.stack(rows["audio"]) if self.audio_shape is not None else None,
+            pose=torch.stack(rows["pose"]) if self.pose_channels else None, text=torch.stack(rows["text"]),
+            drop_audio=torch.tensor(rows["drop_audio"]), drop_pose=torch.tensor(rows["drop_pose"]),
+            drop_text=torch.tensor(rows["drop_text"]), num_reference=self.r, num_context=self.m,
+        )

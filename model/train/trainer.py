@@ -1,0 +1,160 @@
+"""Omni-conditions DiT training: streaming-shaped samples from cached features, staged condition ratios,
+AdamW + EMA + clipping, optional mixed precision and gradient checkpointing, DDP, exact resume."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+
+from model.config import load_model_config
+from model.data import format as fmt
+from model.dit import OmniHumanDiT
+from model.errors import InputError
+from model.flow import flow_loss
+from model.train.cache import build_cache, load_cache
+from model.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from model.train.config import DitTrainConfig
+from model.train.distributed import DistContext
+from model.train.ema import EMA
+from model.train.log import TrainLog
+from model.train.sampling import Batch, StreamingSampleBuilder
+from model.train.schedule import autocast, lr_at, make_optimizer, step_generator
+
+logger = logging.getLogger(__name__)
+
+LOG_FIELDS = ["step", "stage", "loss", "heldout_loss", "lr", "grad_norm", "keep_audio", "keep_pose", "keep_text",
+              "seconds"]
+HELDOUT_BATCHES = 4
+HELDOUT_SEED = 12345
+
+
+def split_entries(config: DitTrainConfig) -> tuple[list[fmt.IndexEntry], list[fmt.IndexEntry]]:
+    """(training clips, held-out clips for the validation loss): val split, else the tail of train."""
+    root = Path(config.data.root)
+    index = fmt.read_index(root)
+    train = index.split(config.data.split)
+    if not train:
+        raise InputError(f"dataset {root} has no clips in split {config.data.split!r}")
+    train = train[: config.data.max_clips] if config.data.max_clips else train
+    heldout = index.split("val")[: config.data.holdout_clips]
+    if not heldout and len(train) > 1:
+        heldout, train = train[-1:], train[:-1]
+    return train, heldout
+
+
+def make_builder(clips, config: DitTrainConfig, model_config) -> StreamingSampleBuilder:
+    """Sample builder with the streaming structure of the model config."""
+    s = model_config.sampler
+    return StreamingSampleBuilder(clips, s.context_frames, s.chunk_frames, s.reference_frames, config.sample,
+                                  timestep_shift=s.time_shift)
+
+
+def compute_loss(model: torch.nn.Module, batch: Batch, device: torch.device, precision: str) -> torch.Tensor:
+    """Flow-matching loss on the chunk frames only (reference and context carry weight 0)."""
+    with autocast(device, precision):
+        velocity = model(**batch.model_inputs())
+    return flow_loss(velocity.float(), batch.clean, batch.noise, batch.loss_weight)
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, builder: StreamingSampleBuilder | None, config: DitTrainConfig,
+                 ctx: DistContext) -> float:
+    """Mean loss of fixed held-out batches with every condition kept (a curve comparable across steps)."""
+    if builder is None:
+        return float("nan")
+    final = config.stages[-1].model_copy(update={"ratios": {c: 1.0 for c in ("reference", "text", "audio", "pose")}})
+    losses = [compute_loss(model, builder.build(config.run.batch_size, final, step_generator(HELDOUT_SEED, i, 0)).to(ctx.device),
+                           ctx.device, config.run.mixed_precision).item() for i in range(HELDOUT_BATCHES)]
+    return float(sum(losses) / len(losses))
+
+
+def train_dit(config: DitTrainConfig, ctx: DistContext, resume: bool = True, until: int | None = None) -> dict:
+    """Train the DiT; writes checkpoints and log.csv under run.output_dir, and the pipeline folder at the end."""
+    model_config = load_model_config(config.model)
+    out = Path(config.run.output_dir)
+    vae_dir = Path(config.vae)
+    if not (vae_dir / "config.json").is_file():
+        raise InputError(f"trained VAE not found at {vae_dir}: run the VAE config first (omnilive train --config configs/train/vae-tiny.yaml)")
+    if config.run.threads:
+        torch.set_num_threads(config.run.threads)
+    train_entries, heldout_entries = split_entries(config)
+    cache_dir = Path(config.data.cache_dir)
+    if ctx.is_main:
+        build_cache(Path(config.data.root), train_entries + heldout_entries, vae_dir, model_config, cache_dir)
+    ctx.barrier()
+    builder = make_builder(load_cache(cache_dir, [e.id for e in train_entries]), config, model_config)
+    heldout_builder = make_builder(load_cache(cache_dir, [e.id for e in heldout_entries]), config, model_config) if heldout_entries else None
+    logger.info("DiT training on %d clips (%d held out), stages: %s", len(train_entries), len(heldout_entries),
+                ", ".join(f"{s.name}={s.steps}" for s in config.stages))
+
+    torch.manual_seed(config.run.seed)
+    dit = OmniHumanDiT(**model_config.dit_kwargs()).to(ctx.device)
+    if config.run.gradient_checkpointing:
+        dit.enable_gradient_checkpointing()
+    dit.train()
+    model = DistributedDataParallel(dit) if ctx.enabled else dit
+    optimizer = make_optimizer(dit.parameters(), config.optim)
+    ema = EMA(dit, config.optim.ema_decay)
+    total = config.total_steps
+    start = 0
+    found = latest_checkpoint(out / "checkpoints") if resume else None
+    if found is not None:
+        start = load_checkpoint(found, dit, ema, optimizer)["step"]
+    stop = min(total, until) if until is not None else total
+
+    log = TrainLog(out / "log.csv", LOG_FIELDS, total, start, ctx.is_main)
+    began = time.monotonic()
+    for step in range(start, stop):
+        stage_index, stage = config.stage_at(step)
+        batch = builder.build(config.run.batch_size, stage, step_generator(config.run.seed, step, ctx.rank)).to(ctx.device)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, config.optim, total)
+        loss = compute_loss(model, batch, ctx.device, config.run.mixed_precision)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(dit.parameters(), config.optim.grad_clip))
+        optimizer.step()
+        if step >= config.optim.ema_start:
+            ema.update(dit, step - config.optim.ema_start)
+        done = step + 1
+        loss_value = ctx.mean(loss.item())
+        log.advance(stage=stage.name, loss=loss_value)
+        checkpointing = done % config.run.checkpoint_every == 0 or done == stop
+        if done % config.run.log_every == 0 or checkpointing:
+            row = {"step": done, "stage": stage.name, "loss": round(loss_value, 6), "lr": optimizer.param_groups[0]["lr"],
+                   "grad_norm": round(grad_norm, 4), "seconds": round(time.monotonic() - began, 2),
+                   "keep_audio": float((~batch.drop_audio).float().mean()), "keep_pose": float((~batch.drop_pose).float().mean()),
+                   "keep_text": float((~batch.drop_text).float().mean())}
+            if checkpointing and ctx.is_main:
+                dit.eval()
+                row["heldout_loss"] = round(heldout_loss(dit, heldout_builder, config, ctx), 6)
+                dit.train()
+            log.write(row)
+        if checkpointing:
+            in_sync = ctx.replicas_agree(dit)
+            if not in_sync:
+                raise RuntimeError(f"step {done}: the {ctx.world_size} training processes hold different weights")
+            if ctx.is_main:
+                save_checkpoint(out / "checkpoints", done, dit, ema, optimizer,
+                                {"kind": "dit", "stage": stage_index, "world_size": ctx.world_size, "replicas_in_sync": in_sync},
+                                config.run.keep_checkpoints)
+        ctx.barrier()
+    log.close()
+
+    result: dict = {"stopped_at": stop} if stop < total else {}
+    if ctx.is_main and not result:
+        ema.copy_to(dit)
+        dit.eval()
+        result = {"steps": total, "train_clips": len(train_entries), "heldout_clips": len(heldout_entries),
+                  "world_size": ctx.world_size, "replicas_in_sync": True,
+                  "heldout_loss_ema": heldout_loss(dit, heldout_builder, config, ctx),
+                  "wall_s_this_run": round(time.monotonic() - began, 1)}
+        if config.export_dir:
+            from model.train.export import export_pipeline
+            export_pipeline(dit, vae_dir, model_config, Path(config.export_dir), config)
+            result["export_dir"] = config.export_dir
+    return result
