@@ -3,4 +3,6 @@
 COMMAND_MODULES: tuple[str, ...] = (
     "train",
     "synth",
+    "render",
+    "bench",
 )
