@@ -240,6 +240,8 @@ class Engine:
             slot.stream.push_audio(pcm, voiced=voiced)
         elif kind == "clear":
             slot.stream.clear_buffer()
+            if slot.activity.speaking:
+                slot.callbacks.on_voice(False)
             slot.activity.reset()
             slot.epoch += 1
             slot.next_time = None

@@ -97,7 +97,7 @@ class Session:
                 frames_buffered=lambda: len(self.frames), on_error=self._threadsafe(self._on_engine_error)),
         )
         self.skipped_frames = 0
-        self._last_stats = (time.monotonic(), 0)
+        self.fps = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -326,14 +326,10 @@ class Session:
 
     def stats(self) -> dict[str, Any]:
         """The stats event (also used by the bench)."""
-        now = time.monotonic()
-        last_t, last_n = self._last_stats
-        fps = (self.counters.frames_sent - last_n) / max(now - last_t, 1e-6)
-        self._last_stats = (now, self.counters.frames_sent)
         values = list(self.latencies)
         p50, p95 = percentile(values, 50), percentile(values, 95)
         return {
-            "type": "stats", "fps": round(fps, 2), "target_fps": self.options.fps,
+            "type": "stats", "fps": round(self.fps, 2), "target_fps": self.options.fps,
             "latency_ms_p50": None if p50 is None else round(p50 * 1000, 1),
             "latency_ms_p95": None if p95 is None else round(p95 * 1000, 1),
             "dropped_frames": self.frames.dropped, "held_frames": self.counters.frames_held + self.skipped_frames,
@@ -342,7 +338,10 @@ class Session:
 
     async def _stats(self) -> None:
         interval = self.settings.sessions.stats_interval_s
+        last_t, last_n = time.monotonic(), 0
         while True:
             await asyncio.sleep(interval)
-            self.clock.decay(time.monotonic())
+            now, sent = time.monotonic(), self.counters.frames_sent
+            self.fps, last_t, last_n = (sent - last_n) / (now - last_t), now, sent
+            self.clock.decay(now)
             self.emit(self.stats())

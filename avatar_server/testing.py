@@ -67,15 +67,19 @@ def barcode_cell(width: int) -> int:
     return width // BARCODE_BITS
 
 
+MOUTH_BORDER = 3  # black frame around the mouth bar: tells generated frames from the idle image
+
+
 def draw_frame(background: np.ndarray, audio_time_s: float, opening: float) -> np.ndarray:
     """Background + mouth bar (opening in [0, 1]) + barcode of audio_time_s; uint8 [H, W, 3]."""
     frame = background.copy()
     h, w = frame.shape[:2]
     rows, cols = mouth_box(h, w)
     frame[rows, cols] = 0
-    bar = int(round(np.clip(opening, 0.0, 1.0) * (rows.stop - rows.start)))
+    inner_top, inner_bottom = rows.start + MOUTH_BORDER, rows.stop - MOUTH_BORDER
+    bar = int(round(np.clip(opening, 0.0, 1.0) * (inner_bottom - inner_top)))
     if bar:
-        frame[rows.stop - bar:rows.stop, cols] = 255
+        frame[inner_bottom - bar:inner_bottom, cols.start + MOUTH_BORDER:cols.stop - MOUTH_BORDER] = 255
     code = int(round(audio_time_s / BARCODE_UNIT_S)) % (1 << BARCODE_BITS)
     cell = barcode_cell(w)
     for bit in range(BARCODE_BITS):
@@ -95,9 +99,13 @@ def read_barcode(frame: np.ndarray) -> float:
 
 
 def read_mouth(frame: np.ndarray) -> float:
-    """Mouth opening in [0, 1] drawn by draw_frame."""
+    """Mouth opening in [0, 1] drawn by draw_frame; 0 for a frame without the mouth box (idle image)."""
     rows, cols = mouth_box(*frame.shape[:2])
-    return float(frame[rows, cols].mean() / 255.0)
+    box = frame[rows, cols].astype(np.float32)
+    if box[:MOUTH_BORDER - 1].mean() > 64:  # no dark frame: not drawn by the fake generator
+        return 0.0
+    inner = box[MOUTH_BORDER:-MOUTH_BORDER, MOUTH_BORDER:-MOUTH_BORDER]
+    return float(inner.mean() / 255.0)
 
 
 #################################################################################
@@ -128,8 +136,8 @@ class FakeStream:
         """Drop pending audio; the frame clock skips over it, so audio time keeps counting pushes."""
         spf = self.pipe.samples_per_frame
         self.next_frame += self.pending.size // spf
-        keep = self.pending.size % spf
-        self.pending, self.voiced = self.pending[self.pending.size - keep:], self.voiced[self.voiced.size - keep:]
+        keep = self.pending.size % spf  # the part of a frame already begun stays, silenced
+        self.pending, self.voiced = np.zeros(keep, np.float32), np.zeros(keep, bool)
 
     def set_text(self, text: str | None) -> None:
         self.text = text

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
 
@@ -31,7 +31,6 @@ class TrackCounters:
     video_reanchors: int = 0
     audio_resyncs: int = 0
     first_frame_at: float | None = None
-    latencies: list[float] = field(default_factory=list)  # drained by the session
 
 
 #################################################################################

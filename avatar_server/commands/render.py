@@ -8,11 +8,15 @@ from pathlib import Path
 
 import numpy as np
 
+from model.config import AudioSection
+from model.data.keypoints import NUM_KEYPOINTS
 from model.errors import InputError
 from model.media import check_writable, load_audio, load_image, load_pose, write_mp4
 from model.pipeline import DEFAULT_CHECKPOINT, AvatarPipeline
 
 logger = logging.getLogger(__name__)
+
+SAMPLE_RATE = AudioSection().sample_rate  # the model's audio rate (fixed at 16 kHz by the config schema)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,9 +62,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--steps must be >= 1, got {args.steps}")
     out = check_writable(args.out)
     image = load_image(args.image)
+    audio = load_audio(args.audio, SAMPLE_RATE)
+    pose = load_pose(args.pose, NUM_KEYPOINTS) if args.pose else None
     pipe = load_pipeline(args)
-    audio = load_audio(args.audio, pipe.config.sample_rate)
-    pose = load_pose(args.pose, pipe.num_keypoints) if args.pose else None
     frames = pipe.render(image, audio, pose=pose, text=args.text, seed=args.seed, steps=args.steps)
     write_mp4(out, np.asarray(frames), pipe.config.fps, audio, pipe.config.sample_rate)
     logger.info("rendered %d frames (%.2f s) to %s", len(frames), len(frames) / pipe.config.fps, out)
