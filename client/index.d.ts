@@ -129,6 +129,7 @@ export interface Timeouts {
   iceGatheringMs: number;
   connectMs: number;
   disconnectGraceMs: number;
+  deleteMs: number;
 }
 
 export interface AvatarClientConfig {

@@ -16,6 +16,8 @@ export const DEFAULT_TIMEOUTS = Object.freeze({
   connectMs: 15000,
   /** How long a 'disconnected' peer connection may stay so before it counts as lost. */
   disconnectGraceMs: 3000,
+  /** Longest wait for the DELETE of a session before its peer connection is closed anyway. */
+  deleteMs: 1000,
 });
 
 /** Microphone constraints: speech processing on, mono. */
@@ -394,7 +396,10 @@ export class AvatarClient extends EventTarget {
 
   //------------------------------------------------------------------ teardown
 
-  /** Close the peer connection and socket of the current attempt; end its server session. */
+  /**
+   * End the current attempt: DELETE its server session first, then close the peer connection once
+   * the server has answered (or after a second), so the server never sees the peer vanish first.
+   */
   dropConnection() {
     clearTimeout(this.disconnectTimer);
     const { pc, socket, sessionId, signaling } = this;
@@ -403,8 +408,17 @@ export class AvatarClient extends EventTarget {
     this.sessionId = null;
     this.audioUrl = null;
     if (socket && socket.readyState <= 1) socket.close(1000, 'client closed');
-    if (pc) pc.close();
-    if (sessionId && signaling) signaling.deleteSession(sessionId);
+    if (!pc) return;
+    if (!sessionId || !signaling) {
+      pc.close();
+      return;
+    }
+    const closePc = () => pc.connectionState !== 'closed' && pc.close();
+    const timer = setTimeout(closePc, this.timeouts.deleteMs);
+    signaling.deleteSession(sessionId).finally(() => {
+      clearTimeout(timer);
+      closePc();
+    });
   }
 
   /** Final teardown: media, connection, listeners; emits error (when given) then closed. */
