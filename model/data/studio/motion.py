@@ -225,10 +225,10 @@ def motion_from_audio(rng: np.random.Generator, audio: np.ndarray, sample_rate: 
     # head: nods on stressed syllables, pitch follows intonation, sway grows with loudness
     nod_weights = (rng.random(len(f.stresses)) < style.nod_rate) * f.stress_strength
     nod_kernel = np.sin(np.linspace(0, np.pi, 12)) * np.exp(-np.linspace(0, 2, 12))
-    nods = impulses(frames, f.stresses, nod_weights, nod_kernel, 2) * rng.uniform(0.14, 0.22)
+    nods = impulses(frames, f.stresses, nod_weights, nod_kernel, 2) * rng.uniform(0.25, 0.35)
     loudness = attack_release(np.clip(f.envelope, 0, 1), 0.2, 0.05)
     intonation = attack_release(f.pitch, 0.2, 0.2)
-    pitch = nods - 0.12 * intonation * style.head_gain + 0.03 * smooth_noise(rng, frames, fps, 0.25)
+    pitch = nods + style.head_gain * (0.03 * smooth_noise(rng, frames, fps, 0.25) - 0.12 * intonation)
     roll = (0.03 + 0.05 * loudness) * style.head_gain * smooth_noise(rng, frames, fps, 0.4)
     yaw = 0.08 * style.head_gain * smooth_noise(rng, frames, fps, 0.25)
     if style.looks_around:
