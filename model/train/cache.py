@@ -2,7 +2,7 @@
 
 cache_dir/manifest.json records what the cache was built from (VAE weights hash, feature settings);
 a mismatch rebuilds it. Each clip becomes cache_dir/clips/<id>.safetensors with
-  latents [T, C, h, w] float32, audio [T, W, K, A] float32 (each frame's audio window, as the stream builds it),
+  latents [T, C, h, w] float32, audio [T, W, K, A] float32 (each frame's audio window, as the stream builds it) + voiced [T],
   pose [T, G, h, w] float16 (heatmaps at latent resolution, if keypoints), text [text_dim] float32.
 """
 
@@ -22,7 +22,7 @@ from model.config import ModelConfig
 from model.conditioning.text import TextEncoder
 from model.data import format as fmt
 from model.errors import InputError
-from model.train.features import clip_audio_features, clip_heatmaps
+from model.train.features import clip_audio_features, clip_heatmaps, voiced_frames
 from model.train.frames import bucket_size, resize_frames
 from model.vae import FrameVAE
 
@@ -40,6 +40,7 @@ class CachedClip:
     caption: str
     latents: torch.Tensor          # [T, C, h, w]
     audio: torch.Tensor | None     # [T, W, K, A]
+    voiced: torch.Tensor | None    # [T] bool, silero-vad speech flags
     pose: torch.Tensor | None      # [T, G, h, w]
     text: torch.Tensor             # [text_dim]
     conditions: frozenset[str]
@@ -75,6 +76,8 @@ def encode_clip(clip: fmt.Clip, vae: FrameVAE, model_config: ModelConfig, text_e
     tensors = {"latents": latents.contiguous()}
     if clip.audio is not None and "audio" in clip.meta.flags.conditions:
         tensors["audio"] = clip_audio_features(clip.audio, len(frames), model_config).float().contiguous()
+        spf = model_config.audio.sample_rate // model_config.sampler.fps
+        tensors["voiced"] = voiced_frames(clip.audio, len(frames), spf).to(torch.uint8)
     if clip.keypoints is not None and model_config.dit.pose_channels:
         pose = clip_heatmaps(clip.keypoints.xy, clip.keypoints.visibility, height // vae.downsample, width // vae.downsample)
         tensors["pose"] = pose.to(torch.float16).contiguous()
@@ -125,7 +128,7 @@ def load_cache(cache_dir: Path, ids: list[str]) -> list[CachedClip]:
         info = manifest[clip_id]
         clips.append(CachedClip(
             id=clip_id, identity=info["identity"], caption=info["caption"], latents=tensors["latents"],
-            audio=tensors.get("audio"), pose=tensors["pose"].float() if "pose" in tensors else None,
+            audio=tensors.get("audio"), voiced=tensors["voiced"].bool() if "voiced" in tensors else None, pose=tensors["pose"].float() if "pose" in tensors else None,
             text=tensors["text"], conditions=frozenset(info["conditions"]),
         ))
     return clips

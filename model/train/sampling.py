@@ -54,8 +54,11 @@ class StreamingSampleBuilder:
     """Draws streaming-shaped batches from cached clips; clips in a batch share their latent grid."""
 
     def __init__(self, clips: list[CachedClip], context_frames: int, chunk_frames: int, reference_frames: int,
-                 sample: SampleConfig, timestep_shift: float = 1.0):
+                 sample: SampleConfig, past_frames: int = 0, silence: torch.Tensor | None = None,
+                 timestep_shift: float = 1.0):
         self.m, self.f, self.r = context_frames, chunk_frames, reference_frames
+        self.past = past_frames
+        self.silence = silence  # [K, A] features of a silent frame (what gated frames become)
         self.sample = sample
         self.timestep_shift = timestep_shift
         usable = [c for c in clips if c.frames >= self.m + self.f + 1]
@@ -98,6 +101,19 @@ class StreamingSampleBuilder:
             return torch.zeros(self.m)
         return torch.rand(self.m, generator=g) * self.sample.context_noise_max
 
+    def _audio(self, clip: CachedClip, chunk_index: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Audio windows [F, W, K, A] of the chunk; sometimes unvoiced frames gated to silence (server VAD)."""
+        if clip.audio is None:
+            return torch.zeros(self.f, *self.audio_shape)
+        windows = clip.audio[chunk_index]
+        gate = float(torch.rand((), generator=g)) < self.sample.vad_gate_prob
+        if clip.voiced is None or self.silence is None or not gate:
+            return windows
+        source = chunk_index[:, None] - self.past + torch.arange(windows.shape[1])[None]  # [F, W] frame of each slot
+        inside = (source >= 0) & (source < clip.frames)
+        voiced = torch.where(inside, clip.voiced[source.clamp(0, clip.frames - 1)], torch.ones_like(inside))
+        return torch.where(voiced[..., None, None], windows, self.silence.to(windows.dtype))
+
     # ---------------------------------------------------------------- batch
 
     def build(self, batch_size: int, stage: StageConfig, g: torch.Generator) -> Batch:
@@ -121,7 +137,7 @@ class StreamingSampleBuilder:
                 reference = torch.zeros_like(reference)
             chunk_index = torch.arange(start + self.m, start + self.m + self.f)
             if self.audio_shape is not None:
-                rows["audio"].append(clip.audio[chunk_index] if clip.audio is not None else torch.zeros(self.f, *self.audio_shape))
+                rows["audio"].append(self._audio(clip, chunk_index, g))
             if self.pose_channels:
                 rows["pose"].append(clip.pose[chunk_index] if clip.pose is not None else
                                     torch.zeros(self.f, self.pose_channels, *clip.grid))

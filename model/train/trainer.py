@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from model.conditioning.audio import silence_features
 from model.config import load_model_config
 from model.data import format as fmt
 from model.dit import OmniHumanDiT
@@ -50,6 +51,7 @@ def make_builder(clips, config: DitTrainConfig, model_config) -> StreamingSample
     """Sample builder with the streaming structure of the model config."""
     s = model_config.sampler
     return StreamingSampleBuilder(clips, s.context_frames, s.chunk_frames, s.reference_frames, config.sample,
+                                  past_frames=model_config.audio.past_frames, silence=silence_features(model_config),
                                   timestep_shift=s.time_shift)
 
 
