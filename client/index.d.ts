@@ -176,7 +176,8 @@ export declare class AvatarClient extends EventTarget {
   setText(text: string | null): boolean;
   /** [[x, y, visibility], ...] in image coordinates [0, 1]; null releases the pose. */
   sendPose(keypoints: Array<[number, number, number]> | null): boolean;
-  close(): void;
+  /** Idempotent; resolves once the server has been told (DELETE answered or failed). */
+  close(): Promise<void>;
 
   /** Subscribe with a handler that receives the event's detail; returns an unsubscribe function. */
   on<K extends keyof AvatarClientEventMap>(type: K, handler: (detail: AvatarClientEventMap[K]['detail']) => void): () => void;
@@ -271,7 +272,8 @@ export declare class OmniliveAvatarElement extends HTMLElement {
   /** 'webgl' | 'canvas' while keying, else null. */
   readonly renderer: 'webgl' | 'canvas' | null;
   start(): Promise<void>;
-  stop(): void;
+  /** Resolves once the server has been told. */
+  stop(): Promise<void>;
   interrupt(): boolean;
   setText(text: string | null): boolean;
   sendPose(keypoints: Array<[number, number, number]> | null): boolean;

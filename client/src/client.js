@@ -117,6 +117,7 @@ export class AvatarClient extends EventTarget {
     this.ownsLocalStream = false;
     this.lifetime = null;
     this.disconnectTimer = null;
+    this.ending = null;
   }
 
   /** Create a client and connect it; resolves with the connected client. */
@@ -195,10 +196,11 @@ export class AvatarClient extends EventTarget {
     return this.send({ type: 'pose', keypoints: checkKeypoints(keypoints) });
   }
 
-  /** End the session and free everything; idempotent. */
+  /** End the session and free everything; idempotent. Resolves once the server has been told. */
   close() {
-    if (this.status === 'closed' || this.status === 'idle') return;
+    if (this.status === 'closed' || this.status === 'idle') return this.ending ?? Promise.resolve();
     this.shutdown('client', null);
+    return this.ending;
   }
 
   //------------------------------------------------------------------ connection
@@ -328,7 +330,10 @@ export class AvatarClient extends EventTarget {
     if (message.type === 'state') {
       this.state = message.state;
       this.emit('state', { state: message.state });
-      if (message.state === 'closed' && this.status === 'connected') this.shutdown('server', null);
+      if (message.state === 'closed' && this.status === 'connected') {
+        this.sessionId = null; // already gone on the server: nothing to DELETE
+        this.shutdown('server', null);
+      }
     } else if (message.type === 'stats') {
       const { type, ...stats } = message;
       this.stats = stats;
@@ -408,14 +413,14 @@ export class AvatarClient extends EventTarget {
     this.sessionId = null;
     this.audioUrl = null;
     if (socket && socket.readyState <= 1) socket.close(1000, 'client closed');
-    if (!pc) return;
+    if (!pc) return Promise.resolve();
     if (!sessionId || !signaling) {
       pc.close();
-      return;
+      return Promise.resolve();
     }
     const closePc = () => pc.connectionState !== 'closed' && pc.close();
     const timer = setTimeout(closePc, this.timeouts.deleteMs);
-    signaling.deleteSession(sessionId).finally(() => {
+    return signaling.deleteSession(sessionId).finally(() => {
       clearTimeout(timer);
       closePc();
     });
@@ -426,7 +431,8 @@ export class AvatarClient extends EventTarget {
     if (this.status === 'closed') return;
     this.setStatus('closed');
     this.lifetime?.abort();
-    this.dropConnection();
+    /** Settles when the server has been told (DELETE answered or failed). */
+    this.ending = this.dropConnection().then(() => undefined);
     if (this.ownsLocalStream) this.localStream?.getTracks().forEach((track) => track.stop());
     this.localStream = null;
     this.ownsLocalStream = false;

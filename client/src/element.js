@@ -95,12 +95,13 @@ export class OmniliveAvatarElement extends Base {
     await client.connect(options);
   }
 
-  /** End the session (the element stays and can start() again). */
+  /** End the session (the element stays and can start() again); resolves once the server knows. */
   stop() {
     const client = this.client;
-    if (!client) return;
-    client.close();
+    if (!client) return Promise.resolve();
+    const ending = client.close();
     client.detach(this.video);
+    return ending;
   }
 
   /** Barge-in on the current session. */

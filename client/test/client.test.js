@@ -190,16 +190,18 @@ describe('events and controls', () => {
     assert.deepEqual(events.at(-1), ['closed', { reason: 'server', error: null }]);
     await tick(20);
     assert.equal(env.server.find('POST', '/v1/sessions').length, 1);
+    assert.equal(env.server.find('DELETE').length, 0, 'the server already ended it');
   });
 });
 
 describe('close', () => {
   it('ends the server session, closes socket and peer connection, emits closed once', async () => {
     const { client, events, pc, socket } = await connected();
-    client.close();
-    client.close();
+    const ending = client.close();
+    assert.equal(client.close(), ending);
     assert.notEqual(pc.connectionState, 'closed', 'the peer connection outlives the DELETE request');
-    await until(() => pc.connectionState === 'closed');
+    await ending;
+    assert.equal(pc.connectionState, 'closed');
     assert.equal(socket.readyState, 3);
     assert.deepEqual(env.server.find('DELETE').map((c) => c.path), ['/v1/sessions/s1']);
     assert.equal(env.server.find('DELETE')[0].init.keepalive, true);
