@@ -12,7 +12,7 @@ import pytest
 from avatar_server.cli import main
 from model.data import format as fmt
 from model.data import keypoints as kp
-from model.data.studio.camera import frame_camera, frame_size
+from model.data.studio.camera import frame_camera
 from model.data.studio.captions import Style
 from model.data.studio.config import StudioConfig
 from model.data.studio.drawing import Painter
@@ -116,7 +116,7 @@ def test_keypoints_land_on_the_drawn_body() -> None:
         identity = sample_identity(rng, f"p{seed}")
         rig = Rig(identity)
         motion = motion_from_audio(rng, audio, 16000, 25, style)
-        width, height = frame_size("3:4", 256, 16)
+        width, height = fmt.frame_size("3:4", 256)
         camera = frame_camera(rig, "full_body", width, height, rng)
         painter = Painter(identity, camera, 2, rng)
         backdrop = np.asarray(painter.backdrop.reduce(2)).astype(int)

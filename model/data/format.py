@@ -37,12 +37,25 @@ SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 CONDITIONS: tuple[str, ...] = ("text", "reference", "audio", "pose")
 
+ASPECTS: dict[str, tuple[int, int]] = {"1:1": (1, 1), "3:4": (3, 4), "9:16": (9, 16), "16:9": (16, 9)}
+
 VIDEO_FILE = "video.mp4"
 AUDIO_FILE = "audio.wav"
 KEYPOINTS_FILE = "keypoints.npz"
 META_FILE = "meta.json"
 INDEX_FILE = "index.json"
 CLIPS_DIR = "clips"
+
+def frame_size(aspect: str, short_side: int, multiple: int = 16) -> tuple[int, int]:
+    """(width, height) of an aspect bucket "W:H", both multiples of `multiple`."""
+    if aspect not in ASPECTS:
+        raise InputError(f"unknown aspect {aspect!r}; expected one of {sorted(ASPECTS)}")
+    aw, ah = ASPECTS[aspect]
+    long_side = short_side * max(aw, ah) / min(aw, ah)
+    short = max(multiple, round(short_side / multiple) * multiple)
+    long = max(multiple, round(long_side / multiple) * multiple)
+    return (short, long) if aw <= ah else (long, short)
+
 
 # ------------------------------------------------------------------------------------------------
 # Metadata
@@ -255,6 +268,25 @@ def clip_dir(root: Path, clip_id: str) -> Path:
 def read_meta(clip_path: Path) -> ClipMeta:
     """Load meta.json of a clip folder."""
     return ClipMeta.model_validate_json((Path(clip_path) / META_FILE).read_text())
+
+
+def scan_clip_metas(root: Path) -> dict[str, ClipMeta]:
+    """Complete clips in a dataset folder by id (meta.json is written last, so it marks completion)."""
+    metas: dict[str, ClipMeta] = {}
+    clips = Path(root) / CLIPS_DIR
+    if clips.is_dir():
+        for meta_file in sorted(clips.glob(f"*/{META_FILE}")):
+            meta = read_meta(meta_file.parent)
+            metas[meta.id] = meta
+    return metas
+
+
+def rebuild_index(root: Path, metas: dict[str, ClipMeta] | None = None) -> DatasetIndex:
+    """Write index.json from the given metas (default: every complete clip folder) and return it."""
+    metas = scan_clip_metas(root) if metas is None else metas
+    index = DatasetIndex(clips=[index_entry(m) for m in metas.values()])
+    write_index(root, index)
+    return index
 
 
 def read_audio(path: Path) -> tuple[np.ndarray, int]:

@@ -9,20 +9,8 @@ import numpy as np
 from model.data.studio.rig import Rig
 from model.errors import InputError
 
-ASPECTS: dict[str, tuple[int, int]] = {"1:1": (1, 1), "3:4": (3, 4), "9:16": (9, 16), "16:9": (16, 9)}
 FRAMING_TEXT: dict[str, str] = {"face": "a face close-up", "portrait": "a head-and-shoulders portrait",
                                 "half_body": "a half-body shot", "full_body": "a full-body shot"}
-
-
-def frame_size(aspect: str, short_side: int, multiple: int) -> tuple[int, int]:
-    """(width, height) of an aspect bucket, both multiples of `multiple`."""
-    if aspect not in ASPECTS:
-        raise InputError(f"unknown aspect {aspect!r}; expected one of {sorted(ASPECTS)}")
-    aw, ah = ASPECTS[aspect]
-    long_side = short_side * max(aw, ah) / min(aw, ah)
-    short = max(multiple, round(short_side / multiple) * multiple)
-    long = max(multiple, round(long_side / multiple) * multiple)
-    return (short, long) if aw <= ah else (long, short)
 
 
 @dataclass(frozen=True)

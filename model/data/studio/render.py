@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from model.data import format as fmt
-from model.data.studio.camera import FRAMING_TEXT, frame_camera, frame_size
+from model.data.studio.camera import FRAMING_TEXT, frame_camera
 from model.data.studio.captions import caption, sample_style
 from model.data.studio.config import StudioConfig
 from model.data.studio.drawing import Painter
@@ -71,7 +71,7 @@ def render_clip(job: ClipJob) -> fmt.ClipMeta:
     motion = motion_from_audio(rng, speech.audio, cfg.sample_rate, cfg.fps, style,
                                mouth_gain=float(rng.uniform(0.85, 1.1)))
     rig = Rig(identity)
-    width, height = frame_size(aspect, cfg.short_side, cfg.size_multiple)
+    width, height = fmt.frame_size(aspect, cfg.short_side, cfg.size_multiple)
     camera = frame_camera(rig, framing, width, height, rng)
     painter = Painter(identity, camera, cfg.supersample, rng)
 
@@ -117,17 +117,6 @@ def render_clip(job: ClipJob) -> fmt.ClipMeta:
 # ------------------------------------------------------------------------------------------------
 
 
-def _existing(root: Path) -> dict[str, fmt.ClipMeta]:
-    """Complete clips already in a dataset folder (meta.json is written last)."""
-    metas: dict[str, fmt.ClipMeta] = {}
-    clips = root / fmt.CLIPS_DIR
-    if clips.is_dir():
-        for meta_file in sorted(clips.glob(f"*/{fmt.META_FILE}")):
-            meta = fmt.read_meta(meta_file.parent)
-            metas[meta.id] = meta
-    return metas
-
-
 def synthesize(root: str | Path, clips: int, seed: int, workers: int = 1, config: StudioConfig | None = None,
                progress: Callable[[int, int], None] | None = None) -> dict:
     """Render clips 0..clips-1 of a seed into `root` (skipping finished ones); returns a summary."""
@@ -142,7 +131,7 @@ def synthesize(root: str | Path, clips: int, seed: int, workers: int = 1, config
         raise InputError(f"{root} exists and is not a folder")
     config = config or StudioConfig()
     (root / fmt.CLIPS_DIR).mkdir(parents=True, exist_ok=True)
-    metas = _existing(root)
+    metas = fmt.scan_clip_metas(root)
     jobs = [ClipJob(str(root), seed, i, config) for i in range(clips) if clip_id(seed, i) not in metas]
     logger.info("rendering %d clips into %s (%d already there) with %d workers", len(jobs), root,
                 clips - len(jobs), workers)
@@ -155,7 +144,7 @@ def synthesize(root: str | Path, clips: int, seed: int, workers: int = 1, config
         if progress:
             progress(len(rendered), len(jobs))
         if len(rendered) % config.index_every == 0:
-            fmt.write_index(root, fmt.DatasetIndex(clips=[fmt.index_entry(m) for m in metas.values()]))
+            fmt.rebuild_index(root, metas)
 
     if workers == 1 or len(jobs) <= 1:
         for job in jobs:
@@ -164,7 +153,7 @@ def synthesize(root: str | Path, clips: int, seed: int, workers: int = 1, config
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             for meta in pool.imap_unordered(render_clip, jobs, chunksize=1):
                 finished(meta)
-    fmt.write_index(root, fmt.DatasetIndex(clips=[fmt.index_entry(m) for m in metas.values()]))
+    fmt.rebuild_index(root, metas)
     wall = time.perf_counter() - started
     seconds = sum(m.duration_s for m in rendered)
     splits = {s: sum(1 for m in metas.values() if m.split == s) for s in fmt.SPLITS}
