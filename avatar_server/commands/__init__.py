@@ -2,7 +2,9 @@
 
 COMMAND_MODULES: tuple[str, ...] = (
     "train",
+    "eval",
     "synth",
+    "prep",
     "render",
     "bench",
 )
