@@ -12,6 +12,7 @@ import pytest
 from avatar_server.cli import main
 from model.data import format as fmt
 from model.data import keypoints as kp
+from model.data.checks import mouth_envelope_correlation
 from model.data.studio.camera import frame_camera
 from model.data.studio.captions import Style
 from model.data.studio.config import StudioConfig
@@ -86,12 +87,9 @@ def test_clip_files_and_frame_count_match_audio(dataset: Path) -> None:
 
 
 def test_mouth_follows_speech_envelope_in_clips(dataset: Path) -> None:
-    for entry in fmt.read_index(dataset).clips:
-        path = fmt.clip_dir(dataset, entry.id)
-        audio, _ = fmt.read_audio(path / fmt.AUDIO_FILE)
-        mouth = fmt.read_keypoints(path / fmt.KEYPOINTS_FILE).mouth_open
-        envelope = frame_rms(audio, fmt.SAMPLES_PER_FRAME, len(mouth))
-        assert np.corrcoef(mouth, envelope)[0, 1] > 0.6
+    checks = mouth_envelope_correlation(dataset)
+    assert checks["clips"] == checks["clips_with_speech"] == 2
+    assert checks["per_clip_min_r"] > 0.6 and checks["max_frame_count_error"] <= 1
 
 
 def test_mouth_follows_real_speech_and_closes_in_silence() -> None:
