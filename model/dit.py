@@ -126,7 +126,7 @@ class DiTBlock(nn.Module):
         self.cross_out = nn.Linear(hidden_size, hidden_size)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         mlp_hidden = int(hidden_size * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(hidden_size, mlp_hidden), nn.GELU(approximate="tanh"),
+        self.mlp = nn.Sequential(nn.Linear(hidden_size, mlp_hidden), nn.GELU(),
                                  nn.Linear(mlp_hidden, hidden_size))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
