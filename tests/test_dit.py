@@ -13,6 +13,14 @@ R, M, F = 1, 2, 3
 C, H, W = 4, 8, 6  # non-square latent grid
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is faster and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 def make_dit(seed: int = 0, pose_channels: int = 3) -> OmniHumanDiT:
     """A very small DiT whose zero-initialised outputs are perturbed so every path matters."""
     torch.manual_seed(seed)

@@ -24,6 +24,14 @@ S = CONFIG.sampler
 LAT = (CONFIG.vae.latent_channels, CONFIG.latent_height, CONFIG.latent_width)  # non-square 8 x 6
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is faster and immune to a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 @pytest.fixture(scope="module")
 def sampler() -> StreamingSampler:
     torch.manual_seed(0)
