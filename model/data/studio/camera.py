@@ -25,10 +25,9 @@ class Camera:
 
     def to_pixels(self, points: np.ndarray, factor: float = 1.0) -> np.ndarray:
         """World [..., 2] -> pixel coordinates of a frame `factor` times the output size."""
-        out = np.empty_like(points, dtype=np.float64)
-        out[..., 0] = ((points[..., 0] - self.center_x) * self.scale + self.width / 2) * factor
-        out[..., 1] = ((points[..., 1] - self.center_y) * self.scale + self.height / 2) * factor
-        return out
+        centre = np.array([self.center_x, self.center_y])
+        half = np.array([self.width / 2, self.height / 2])
+        return ((np.asarray(points, dtype=np.float64) - centre) * self.scale + half) * factor
 
     def to_normalized(self, points: np.ndarray) -> np.ndarray:
         """World [..., 2] -> [0, 1] image coordinates of the output frame."""
