@@ -156,8 +156,9 @@ avatarEl.addEventListener('state', (event) => {
 });
 avatarEl.addEventListener('stats', (event) => {
   const s = event.detail;
-  $('fps').textContent = `${s.fps?.toFixed?.(1) ?? s.fps} / ${s.target_fps}`;
-  $('latency').textContent = `${Math.round(s.latency_ms_p50)} / ${Math.round(s.latency_ms_p95)} ms`;
+  const ms = (value) => (value == null ? '–' : Math.round(value));
+  $('fps').textContent = `${s.fps == null ? '–' : Number(s.fps).toFixed(1)} / ${s.target_fps}`;
+  $('latency').textContent = `${ms(s.latency_ms_p50)} / ${ms(s.latency_ms_p95)} ms`;
   $('dropped').textContent = `${s.dropped_frames} / ${s.held_frames}`;
 });
 avatarEl.addEventListener('reconnecting', (event) => {
