@@ -111,6 +111,7 @@ def spawn_server(tmp: Path, name: str, settings: dict[str, str]) -> Server:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings}
     log = tmp / f"{name}.log"
     command = [sys.executable, "-m", "avatar_server.cli", "serve", "--host", "0.0.0.0", "--port", str(port)]
+    command = [sys.executable, "/tmp/mini/serve_dev.py", str(port)]  # TEMP-DEV
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     return Server(url=f"http://127.0.0.1:{port}", process=process, log=log, env=settings)
