@@ -105,13 +105,17 @@ class Server:
             return error.code, json.loads(error.read() or b"{}")
 
 
+def serve_command(port: int) -> list[str]:
+    """The command line users run: `omnilive serve` (as `python -m avatar_server.cli`)."""
+    return [sys.executable, "-m", "avatar_server.cli", "serve", "--host", "0.0.0.0", "--port", str(port)]
+
+
 def spawn_server(tmp: Path, name: str, settings: dict[str, str]) -> Server:
     """Start `python -m avatar_server.cli serve` on a free port with OMNILIVE_* settings (not yet healthy)."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings}
     log = tmp / f"{name}.log"
-    command = [sys.executable, "-m", "avatar_server.cli", "serve", "--host", "0.0.0.0", "--port", str(port)]
-    command = [sys.executable, "/tmp/mini/serve_dev.py", str(port)]  # TEMP-DEV
+    command = serve_command(port)
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     return Server(url=f"http://127.0.0.1:{port}", process=process, log=log, env=settings)
