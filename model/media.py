@@ -77,7 +77,7 @@ def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
 
 
 def load_pose(path: str | Path, num_keypoints: int) -> tuple[np.ndarray, np.ndarray]:
-    """Read a keypoints.npz (xy [T, K, 2] in [0, 1], visibility [T, K]); InputError when malformed."""
+    """Read a keypoints.npz (xy [T, K, 2] in [0, 1], NaN = missing; visibility [T, K]); InputError if malformed."""
     path = _existing_file(path, "pose")
     try:
         with np.load(path) as data:
@@ -93,8 +93,6 @@ def load_pose(path: str | Path, num_keypoints: int) -> tuple[np.ndarray, np.ndar
         visibility = np.ones(xy.shape[:2], np.float32)
     if visibility.shape != xy.shape[:2]:
         raise InputError(f"pose visibility in {path} must be [T, {num_keypoints}], got {list(visibility.shape)}")
-    if not np.isfinite(xy).all():
-        raise InputError(f"pose xy in {path} has non-finite values")
     return xy, visibility
 
 

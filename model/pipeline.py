@@ -16,12 +16,15 @@ import torch
 from PIL import Image
 
 from model.conditioning.audio import AudioFeatureBuffer, LocalAudioEncoder
+from model.conditioning.heatmaps import NUM_HEATMAP_CHANNELS, render_heatmaps
 from model.conditioning.text import TextEncoder
 from model.config import ModelConfig, load_model_config
+from model.data.keypoints import NUM_KEYPOINTS
 from model.dit import OmniHumanDiT
 from model.errors import InputError
 from model.flow import Guidance
 from model.streaming import ChunkConditions, StreamingSampler, StreamState
+from model.train.features import voiced_frames
 from model.vae import FrameVAE
 
 logger = logging.getLogger(__name__)
@@ -232,7 +235,8 @@ class AvatarPipeline:
     def from_config(cls, config: str | Path | ModelConfig, seed: int = 0, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32, zero_init: bool = False) -> "AvatarPipeline":
         """Untrained pipeline (speed measurement, tests). zero_init=False also fills the DiT's
-        zero-initialised output layers with small noise, so every condition changes the output."""
+        zero-initialised output layers with small noise, so every condition changes the output, and
+        spreads the random decoder's output over the pixel range (instead of near-black frames)."""
         model_config = config if isinstance(config, ModelConfig) else load_model_config(config)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -243,6 +247,7 @@ class AvatarPipeline:
                     for parameter in dit.parameters():
                         if not parameter.any():
                             parameter.normal_(std=RANDOM_INIT_STD)
+                vae.spread_random_output(seed)
         return cls(model_config, dit, vae, device=device, dtype=dtype)
 
     @classmethod
@@ -319,6 +324,37 @@ class AvatarPipeline:
         audio = AudioFeatureBuffer(self.model_config, encoder=self._local_audio)
         return AvatarStream(self, reference, options, state, audio)
 
+    # ---------------------------------------------------------------- pose
+
+    def pose_heatmaps(self, keypoints: np.ndarray | Sequence[Sequence[float]], reference: ReferenceFeatures) -> torch.Tensor:
+        """One pose [K, 3] (x, y in [0, 1], visibility) or [K, 2] -> heatmaps [G, h, w] at the latent grid."""
+        points = _as_float_array(keypoints, "pose keypoints")
+        if points.ndim != 2 or points.shape[0] != NUM_KEYPOINTS or points.shape[1] not in (2, 3):
+            raise InputError(f"pose must be [{NUM_KEYPOINTS}, 3] (x, y, visibility), got {list(points.shape)}")
+        visibility = points[:, 2] if points.shape[1] == 3 else np.ones(NUM_KEYPOINTS, np.float32)
+        return self._heatmaps(points[None, :, :2], visibility[None], reference)[0]
+
+    def clip_heatmaps(self, pose: tuple[np.ndarray, np.ndarray], reference: ReferenceFeatures,
+                      num_frames: int) -> torch.Tensor:
+        """A clip's pose (xy [T', K, 2], visibility [T', K]) -> heatmaps [num_frames, G, h, w]; the last
+        pose is held when the clip is shorter than the video, extra poses are dropped."""
+        xy, visibility = (_as_float_array(a, "pose keypoints") for a in pose)
+        if xy.ndim != 3 or xy.shape[0] == 0 or xy.shape[1:] != (NUM_KEYPOINTS, 2) or visibility.shape != xy.shape[:2]:
+            raise InputError(f"pose must be xy [T, {NUM_KEYPOINTS}, 2] and visibility [T, {NUM_KEYPOINTS}], "
+                             f"got {list(xy.shape)} and {list(visibility.shape)}")
+        index = np.minimum(np.arange(num_frames), xy.shape[0] - 1)
+        return self._heatmaps(xy[index], visibility[index], reference)
+
+    def _heatmaps(self, xy: np.ndarray, visibility: np.ndarray, reference: ReferenceFeatures) -> torch.Tensor:
+        """Keypoints [T, K, 2] + visibility [T, K] -> heatmaps [T, G, h, w] on the device."""
+        expected = self.dit.config.pose_channels
+        if expected == 0:
+            raise InputError(f"the {self.config.name} model was built without a pose guider: it cannot take a pose")
+        if expected != NUM_HEATMAP_CHANNELS:
+            raise ValueError(f"the DiT's pose guider takes {expected} channels, heatmaps have {NUM_HEATMAP_CHANNELS}")
+        h, w = reference.latents.shape[-2:]
+        return render_heatmaps(xy, visibility, h, w).to(self.device, self.dit.dtype)
+
     # ---------------------------------------------------------------- generation
 
     def sample(self, streams: Sequence[AvatarStream], steps: int | None = None,
@@ -365,28 +401,35 @@ class AvatarPipeline:
     # ---------------------------------------------------------------- offline render
 
     def render(self, image: Image.Image | np.ndarray, audio: np.ndarray, pose: tuple[np.ndarray, np.ndarray] | None = None,
-               text: str | None = None, seed: int = 0, steps: int | None = None) -> np.ndarray:
-        """Offline video for a whole clip: uint8 [T, H, W, 3], T = ceil(duration * fps); the same
-        streaming sampler chunk by chunk, audio tail padded with silence. pose = (xy [T', K, 2], vis [T', K])."""
+               text: str | None = None, seed: int = 0, steps: int | None = None, vad: bool = True) -> np.ndarray:
+        """Offline video for a whole clip: uint8 [T, H, W, 3], T = ceil(duration * fps), made by the
+        streaming sampler chunk by chunk (tail padded with silence). pose = (xy [T', K, 2], visibility
+        [T', K]); vad=True gates non-speech frames to silence like a live session (silero-vad)."""
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if audio.size == 0:
             raise InputError("audio is empty (0 samples)")
+        if not np.isfinite(audio).all():
+            raise InputError("audio samples must be finite")
         cfg = self.config
-        total = math.ceil(audio.size * cfg.fps / cfg.sample_rate)
+        spf = cfg.samples_per_frame
+        total = math.ceil(audio.size / spf)  # = ceil(duration * fps)
         chunks = math.ceil(total / cfg.chunk_frames)
-        needed = (chunks * cfg.chunk_frames + cfg.lookahead_frames) * cfg.samples_per_frame
+        padded_frames = chunks * cfg.chunk_frames + cfg.lookahead_frames
+        padded = np.zeros(padded_frames * spf, np.float32)
+        padded[: audio.size] = audio
         reference = self.encode_reference(image)
+        heatmaps = self.clip_heatmaps(pose, reference, chunks * cfg.chunk_frames) if pose is not None else None
+        voiced = np.zeros(padded_frames, dtype=bool)
+        voiced[:total] = voiced_frames(audio, total, spf).numpy() if vad else True
         stream = self.open_stream(reference, StreamOptions(text=text, seed=seed, steps=steps))
         try:
-            stream.push_audio(audio)
-            stream.push_audio(np.zeros(max(0, needed - audio.size), np.float32), voiced=False)
-            heatmaps = self._clip_heatmaps(pose, reference, chunks * cfg.chunk_frames) if pose is not None else None
+            for frame, flag in enumerate(voiced):
+                stream.push_audio(padded[frame * spf : (frame + 1) * spf], voiced=bool(flag))
             frames = []
             for k in range(chunks):
                 f0 = k * cfg.chunk_frames
                 chunk_pose = None if heatmaps is None else heatmaps[f0 : f0 + cfg.chunk_frames]
-                latent = self._sample_one(stream, chunk_pose, steps)
-                frames.append(self.decode([latent])[0].frames)
+                frames.append(self.decode([self._sample_one(stream, chunk_pose, steps)])[0].frames)
         finally:
             stream.close()
         return np.concatenate(frames)[:total]
@@ -412,6 +455,14 @@ def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
         raise InputError(f"reference image must be uint8 [H, W, 3], got {array.dtype} {list(array.shape)}")
     return Image.fromarray(array, "RGB")
+
+
+def _as_float_array(value: object, what: str) -> np.ndarray:
+    """float32 array (NaN marks a missing keypoint); InputError when not a regular array of numbers."""
+    try:
+        return np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{what} must be a regular array of numbers: {error}") from error
 
 
 def _crop_to(image: Image.Image, height: int, width: int) -> np.ndarray:

@@ -14,6 +14,8 @@ from model.errors import InputError
 
 logger = logging.getLogger(__name__)
 
+RANDOM_OUTPUT_STD = 0.25  # pixel spread ([0, 1] units) of a random-init decoder after spread_random_output
+
 
 #################################################################################
 #                                   FrameVAE                                    #
@@ -45,6 +47,19 @@ class FrameVAE(nn.Module):
     def save_pretrained(self, path: str | Path) -> None:
         """Write config.json + diffusion_pytorch_model.safetensors into `path`."""
         self.autoencoder.save_pretrained(str(path), safe_serialization=True)
+
+    @torch.no_grad()
+    def spread_random_output(self, seed: int = 0, target_std: float = RANDOM_OUTPUT_STD) -> None:
+        """Untrained decoders emit near-black frames; rescale the last conv so unit-normal latents decode
+        to mid-grey frames with a visible spread (random-init models for speed tests only)."""
+        generator = torch.Generator().manual_seed(seed)
+        probe = torch.randn(4, self.latent_channels, 8, 8, generator=generator).to(self.device, self.dtype)
+        unit = (self.autoencoder.decode(probe).sample + 1.0) / 2.0  # decoder layers' output, [0, 1] space
+        last = self.autoencoder.decoder.layers[-1]
+        mean = unit.mean(dim=(0, 2, 3))  # [3]
+        scale = target_std / unit.std(dim=(0, 2, 3)).clamp_min(1e-6)  # [3]
+        last.weight.mul_(scale[:, None, None, None])
+        last.bias.copy_((last.bias - mean) * scale + 0.5)
 
     # ---------------------------------------------------------------- properties
 

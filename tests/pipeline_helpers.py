@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from model.conditioning.heatmaps import NUM_HEATMAP_CHANNELS
 from model.config import ModelConfig, load_model_config
 
 MICRO_OVERRIDES = {
     "name": "micro",
-    "dit": {"hidden_size": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "pose_guider_channels": 8},
+    "dit": {"hidden_size": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "pose_guider_channels": 8,
+            "pose_channels": NUM_HEATMAP_CHANNELS},
     "vae": {"encoder_block_out_channels": [8, 8, 8, 8], "decoder_block_out_channels": [8, 8, 8, 8]},
     "video": {"height": 64, "width": 64},
 }

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from model.data.keypoints import NUM_KEYPOINTS
 from model.errors import InputError
 from model.pipeline import AvatarPipeline, StreamOptions
 from pipeline_helpers import micro_config, reference_image, speech_like
@@ -158,7 +159,7 @@ def test_encode_reference_crops_any_aspect_and_rejects_bad_arrays(pipe):
 def test_render_covers_the_audio_and_matches_streaming(pipe):
     audio = speech_like(0.5)
     audio = np.concatenate([audio, audio[:1]])  # 0.5 s + 1 sample -> 13 frames at 25 fps
-    frames = pipe.render(reference_image(), audio, seed=7)
+    frames = pipe.render(reference_image(), audio, seed=7, vad=False)
     expected = math.ceil(len(audio) / SR * pipe.config.fps)
     assert frames.shape == (expected, pipe.config.height, pipe.config.width, 3)
     assert frames.dtype == np.uint8
@@ -170,3 +171,51 @@ def test_render_covers_the_audio_and_matches_streaming(pipe):
 def test_render_rejects_empty_audio(pipe):
     with pytest.raises(InputError, match="empty"):
         pipe.render(reference_image(), np.zeros(0, np.float32))
+
+
+def _pose(frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    xy = rng.uniform(0.2, 0.8, (frames, NUM_KEYPOINTS, 2)).astype(np.float32)
+    return xy, np.ones((frames, NUM_KEYPOINTS), np.float32)
+
+
+def test_set_pose_drives_the_output_and_none_releases_it(pipe):
+    reference = pipe.encode_reference(reference_image())
+    audio = speech_like(0.3)
+    xy, vis = _pose(1)
+
+    def first_chunk(pose):
+        stream = pipe.open_stream(reference, StreamOptions(seed=2))
+        stream.set_pose(pose)
+        stream.push_audio(audio)
+        return pipe.generate([stream])[0].frames
+
+    free = first_chunk(None)
+    posed = first_chunk(np.concatenate([xy[0], vis[0, :, None]], axis=1))  # [K, 3]
+    assert not np.array_equal(free, posed)
+    stream = pipe.open_stream(reference, StreamOptions(seed=2))
+    stream.set_pose(np.concatenate([xy[0], vis[0, :, None]], axis=1))
+    stream.set_pose(None)
+    stream.push_audio(audio)
+    np.testing.assert_array_equal(pipe.generate([stream])[0].frames, free)
+    with pytest.raises(InputError, match="pose must be"):
+        stream.set_pose(np.zeros((3, 3)))
+
+
+def test_render_with_a_short_pose_holds_its_last_frame(pipe):
+    audio = speech_like(0.24)  # 6 frames: 2 chunks
+    xy, vis = _pose(3, seed=1)
+    held = pipe.render(reference_image(), audio, pose=(xy, vis), vad=False)
+    padded = (np.concatenate([xy, np.repeat(xy[-1:], 5, axis=0)]), np.ones((8, NUM_KEYPOINTS), np.float32))
+    np.testing.assert_array_equal(held, pipe.render(reference_image(), audio, pose=padded, vad=False))
+    assert not np.array_equal(held, pipe.render(reference_image(), audio, vad=False))
+    with pytest.raises(InputError, match="pose must be"):
+        pipe.render(reference_image(), audio, pose=(xy[:, :5], vis[:, :5]))
+
+
+def test_render_gates_non_speech_noise_to_silence(pipe):
+    noise = (0.1 * np.random.default_rng(0).standard_normal(SR // 2)).astype(np.float32)
+    silence = np.zeros_like(noise)
+    gated = pipe.render(reference_image(), noise, vad=True)
+    np.testing.assert_array_equal(gated, pipe.render(reference_image(), silence, vad=True))
+    assert not np.array_equal(gated, pipe.render(reference_image(), noise, vad=False))

@@ -85,3 +85,14 @@ def test_tiny_config_vae_matches_video_size():
     with torch.inference_mode():
         latents = vae.encode(frames)
     assert latents.shape == (1, config.vae.latent_channels, config.latent_height, config.latent_width)
+
+
+def test_spread_random_output_gives_visible_mid_grey_frames():
+    vae = _tiny_vae()
+    latents = torch.randn(4, 4, 8, 8, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        before = vae.decode_uint8(latents).float()
+        vae.spread_random_output(seed=0)
+        after = vae.decode_uint8(latents).float()
+    assert after.std() > max(30.0, 2 * before.std())
+    assert 90 < after.mean() < 165
