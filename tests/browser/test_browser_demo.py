@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import connect as ws_connect
 
-from e2e_browser import Server, Tab, launch_chromium, open_tab
+from e2e_browser import ROOT, Server, Tab, launch_chromium, open_tab
 from e2e_speech import espeak_speech, resample, to_pcm16, with_silences
 
 pytestmark = pytest.mark.browser
@@ -19,6 +19,7 @@ MIN_FRAMES_IN_WINDOW = 20
 # The whole utterance goes in one audio-socket message (8 kHz PCM16 keeps ~9 s under the 256 KiB message
 # limit), so once the server says "speaking" all of it is queued and an interrupt must drop the rest.
 PUSH_RATE = 8000
+DEFAULT_AVATAR = ROOT / "avatar_server" / "assets" / "default_avatar.png"
 
 
 #################################################################################
@@ -155,4 +156,43 @@ def test_page_load_to_first_frame(tab: Tab, server: Server, record_property: Any
     print(f"\npage load -> first avatar frame: {since_load:.0f} ms (Start -> first frame {since_start:.0f} ms)")
     session_id = tab.e2e()["sessionIds"][0]
     stop_demo(tab, server, session_id)
+    assert_clean(tab)
+
+
+def test_upload_an_avatar_and_talk_with_it(tab: Tab, server: Server) -> None:
+    """Upload an image in the demo, it becomes the selected avatar, and the session uses it."""
+    tab.page.goto(f"{server.url}/?token={server.api_key}")
+    tab.page.set_input_files("#avatar-upload", str(DEFAULT_AVATAR))
+    tab.page.wait_for_function("document.getElementById('upload-status').textContent.startsWith('Uploaded')")
+    avatar_id = tab.page.input_value("#avatar-select")
+    assert avatar_id != "default"
+    try:
+        tab.page.click("#start")
+        tab.page.wait_for_function("document.body.dataset.status === 'connected'")
+        session_id = tab.e2e()["sessionIds"][0]
+        status, session = server.request("GET", f"/v1/sessions/{session_id}", server.api_key)
+        assert (status, session["avatar"]) == (200, avatar_id)
+
+        tab.page.fill("#text", "a calm presenter, nodding")
+        tab.page.click("#text-form button[type=submit]")
+        tab.page.wait_for_timeout(500)
+        assert tab.e2e()["errors"] == [], "the server rejected set_text"
+        stop_demo(tab, server, session_id)
+    finally:
+        server.request("DELETE", f"/v1/avatars/{avatar_id}", server.api_key)
+    assert_clean(tab)
+
+
+def test_session_ended_by_the_server(tab: Tab, server: Server) -> None:
+    """When the server ends the session the page says so, does not reconnect, and can start again."""
+    session_id = start_demo(tab, server, "&audio=none")
+    assert server.request("DELETE", f"/v1/sessions/{session_id}", server.api_key)[0] == 204
+    tab.page.wait_for_function("document.body.dataset.status === 'closed'")
+    assert tab.e2e()["closed"][-1] == {"reason": "server", "error": None}
+    tab.page.wait_for_timeout(1000)
+    assert tab.e2e()["sessionIds"] == [session_id], "no reconnect after the server ended the session"
+    assert tab.page.is_enabled("#start")
+    tab.page.click("#start")
+    tab.page.wait_for_function("document.body.dataset.status === 'connected'")
+    stop_demo(tab, server, tab.e2e()["sessionIds"][-1])
     assert_clean(tab)
