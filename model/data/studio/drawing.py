@@ -241,7 +241,7 @@ class Painter:
         elif ident.hair_style == "bun":
             self.polygon(d, self._to_head(pose, ellipse(np.array([0.0, -fh * 1.12]), 0.2, 0.17)), ident.hair)
 
-    def _head(self, d: ImageDraw.ImageDraw, pose: Pose) -> None:
+    def _head(self, image: Image.Image, d: ImageDraw.ImageDraw, pose: Pose) -> None:
         ident = self.identity
         face = pose.face
         for ear in face.ears:
@@ -252,7 +252,7 @@ class Painter:
                 tuple(int(0.65 * s + 0.35 * h) for h, s in zip(ident.hair, ident.skin))
             beard = np.concatenate([face.outline[4:21], face.nose[2:3]])
             self.polygon(d, beard, colour)
-        self._eyes(d, pose)
+        self._eyes(image, d, pose)
         for brow in face.brows:
             self.limb(d, brow, shade(ident.hair, 0.8) if ident.hair_style != "bald" else (60, 45, 40),
                       ident.brow_thickness)
@@ -265,9 +265,8 @@ class Painter:
         self._hair_front(d, pose)
         self._accessories(d, pose)
 
-    def _eyes(self, d: ImageDraw.ImageDraw, pose: Pose) -> None:
+    def _eyes(self, image: Image.Image, d: ImageDraw.ImageDraw, pose: Pose) -> None:
         ident, face = self.identity, pose.face
-        image = d._image  # noqa: SLF001 - the draw object's image, for masked pastes
         for contour, iris in zip(face.eyes, face.irises):
             if face.eye_open < 0.2:
                 self.limb(d, contour[:9], LASH, 0.014)
@@ -367,7 +366,7 @@ class Painter:
         self._hair_back(d, pose)
         self._legs(d, pose)
         self._torso(d, pose)
-        self._head(d, pose)
+        self._head(image, d, pose)
         self._arm(d, pose, RIGHT)
         self._arm(d, pose, LEFT)
         if self.factor > 1:
