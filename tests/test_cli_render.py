@@ -11,6 +11,7 @@ from PIL import Image
 
 from avatar_server.cli import main
 from avatar_server.commands import render as render_command
+from model.data.keypoints import NUM_KEYPOINTS
 from model.pipeline import AvatarPipeline
 from pipeline_helpers import micro_config, reference_image, speech_like
 
@@ -34,8 +35,14 @@ def files(tmp_path_factory) -> dict[str, Path]:
     Image.fromarray(reference_image(120, 90)).save(root / "ref.png")
     (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))
     (root / "notes.txt").write_text("this is not audio\n" * 20)
+    rng = np.random.default_rng(0)
+    np.savez(root / "pose.npz", xy=rng.uniform(0.2, 0.8, (5, NUM_KEYPOINTS, 2)).astype(np.float32),
+             visibility=np.ones((5, NUM_KEYPOINTS), np.float32))
+    np.savez(root / "bad_pose.npz", xy=np.zeros((5, 17, 2), np.float32))
     return {
         "ckpt": root / "ckpt",
+        "pose": root / "pose.npz",
+        "bad_pose": root / "bad_pose.npz",
         "image": root / "ref.png",
         "broken_image": root / "broken.png",
         "text": root / "notes.txt",
@@ -70,6 +77,20 @@ def test_render_writes_h264_aac_mp4_covering_the_audio(files, tmp_path):
     assert abs(video_s - len(frames) / 25) < 1e-6
 
 
+def test_render_with_pose_and_text(files, tmp_path):
+    plain, posed = tmp_path / "plain.mp4", tmp_path / "posed.mp4"
+    assert main(_render(files, plain, **{"--text": "a person talking"})) == 0
+    assert main(_render(files, posed, **{"--text": "a person talking", "--pose": files["pose"]})) == 0
+
+    def frames(path):
+        with av.open(str(path)) as container:
+            return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+    a, b = frames(plain), frames(posed)
+    assert a.shape == b.shape
+    assert np.abs(a.astype(int) - b.astype(int)).mean() > 0.5
+
+
 def test_render_resamples_other_audio_rates(files, tmp_path):
     out = tmp_path / "out44k.mp4"
     assert main(_render(files, out, **{"--audio": files["audio_44k"]})) == 0
@@ -87,7 +108,8 @@ def test_render_resamples_other_audio_rates(files, tmp_path):
         ({"--audio": "empty_audio"}, "empty"),
         ({"--out": "/nonexistent-folder/out.mp4"}, "output folder does not exist"),
         ({"--steps": "0"}, "--steps must be >= 1"),
-        ({"--pose": "text"}, "pose"),
+        ({"--pose": "text"}, "cannot read pose file"),
+        ({"--pose": "bad_pose"}, f"must be [T, {NUM_KEYPOINTS}, 2]"),
         ({"--checkpoint": "image"}, "not an omnilive checkpoint"),
     ],
 )
