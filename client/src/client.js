@@ -153,11 +153,13 @@ export class AvatarClient extends EventTarget {
       this.options = this.checkOptions(options);
       this.signaling = new Signaling({ server: this.options.server, token: this.options.token, fetch: this.env.fetch });
       await this.acquireAudio(this.options.audio);
+      this.throwIfClosed();
       await this.establish();
       this.throwIfClosed();
     } catch (thrown) {
       const error = toAvatarError(thrown);
-      this.shutdown('error', error);
+      if (this.status === 'closed') this.release(); // close() came first: free what the attempt still got
+      else this.shutdown('error', error);
       throw error;
     }
     this.setStatus('connected');
@@ -188,7 +190,7 @@ export class AvatarClient extends EventTarget {
       throw new AvatarError(ErrorCode.INVALID_OPTIONS, 'setText(): text must be a string or null');
     }
     if (this.options) this.options.text = text ?? undefined;
-    return this.send({ type: 'set_text', text: text ?? '' });
+    return this.send({ type: 'set_text', text: text ?? null });
   }
 
   /** Drive the body pose: [[x, y, visibility], ...] in image coords [0, 1], or null to release. */
@@ -241,6 +243,7 @@ export class AvatarClient extends EventTarget {
   /** One full connection attempt: ICE servers, offer, answer, events socket, media flowing. */
   async establish() {
     const iceServers = await this.signaling.iceServers();
+    this.throwIfClosed();
     const pc = new this.env.RTCPeerConnection({ iceServers });
     this.pc = pc;
     const video = pc.addTransceiver('video', { direction: 'recvonly' });
@@ -259,6 +262,8 @@ export class AvatarClient extends EventTarget {
       if (value != null) body[key] = value;
     }
     const answer = await this.signaling.createSession(body);
+    if (this.status === 'closed') this.signaling.deleteSession(answer.sessionId); // closed while it was created
+    this.throwIfClosed();
     this.sessionId = answer.sessionId;
     const socketToken = answer.token ?? this.signaling.token;
     this.audioUrl = this.signaling.socketUrl(answer.audioUrl, socketToken);
@@ -384,8 +389,8 @@ export class AvatarClient extends EventTarget {
         this.emit('connected', { sessionId: this.sessionId, outputStream: this.outputStream, reconnected: true });
         return;
       } catch (thrown) {
-        if (this.status !== 'reconnecting') return;
         this.dropConnection();
+        if (this.status !== 'reconnecting') return;
         last = toAvatarError(thrown);
         if (last.stopsReconnect) break;
       }
@@ -432,12 +437,18 @@ export class AvatarClient extends EventTarget {
     this.setStatus('closed');
     this.lifetime?.abort();
     /** Settles when the server has been told (DELETE answered or failed). */
-    this.ending = this.dropConnection().then(() => undefined);
+    this.ending = this.release();
+    if (error) this.emit('error', error.toJSON());
+    this.emit('closed', { reason, error: error ? error.toJSON() : null });
+  }
+
+  /** Drop the connection and stop the microphone this client opened; resolves when the server knows. */
+  release() {
+    const dropped = this.dropConnection();
     if (this.ownsLocalStream) this.localStream?.getTracks().forEach((track) => track.stop());
     this.localStream = null;
     this.ownsLocalStream = false;
-    if (error) this.emit('error', error.toJSON());
-    this.emit('closed', { reason, error: error ? error.toJSON() : null });
+    return dropped.then(() => undefined);
   }
 
   //------------------------------------------------------------------ internals

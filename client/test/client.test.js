@@ -148,11 +148,13 @@ describe('events and controls', () => {
     const { client, socket } = await connected();
     assert.equal(client.interrupt(), true);
     assert.equal(client.setText('smiles'), true);
+    assert.equal(client.setText(null), true);
     assert.equal(client.sendPose([[0.5, 0.2, 1], [0.4, 0.5, 0.9]]), true);
     assert.equal(client.sendPose(null), true);
     assert.deepEqual(socket.sent, [
       { type: 'interrupt' },
       { type: 'set_text', text: 'smiles' },
+      { type: 'set_text', text: null },
       { type: 'pose', keypoints: [[0.5, 0.2, 1], [0.4, 0.5, 0.9]] },
       { type: 'pose', keypoints: null },
     ]);
@@ -215,6 +217,48 @@ describe('close', () => {
     await client.connect({ server: SERVER, audio: 'none' });
     assert.equal(client.status, 'connected');
     assert.equal(client.sessionId, 's2');
+  });
+
+  it('close while the microphone prompt is open stops the microphone it then gets', async () => {
+    let grant;
+    env.config.mediaDevices = { getUserMedia: () => new Promise((resolve) => (grant = resolve)) };
+    const client = new AvatarClient(env.config);
+    const pending = client.connect({ server: SERVER, audio: 'microphone' });
+    await until(() => grant);
+    client.close();
+    const mic = new FakeTrack('audio');
+    grant(new FakeMediaStream([mic]));
+    await assert.rejects(pending, { code: ErrorCode.CONNECTION_FAILED });
+    assert.equal(mic.readyState, 'ended');
+    assert.equal(env.server.calls.length, 0);
+  });
+
+  it('close while fetching ICE servers leaves no peer connection behind', async () => {
+    let answer;
+    const ice = env.server.routes['GET /v1/ice-servers'];
+    env.server.routes['GET /v1/ice-servers'] = () => new Promise((resolve) => (answer = () => resolve(ice())));
+    const client = new AvatarClient(env.config);
+    const pending = client.connect({ server: SERVER, audio: 'none' });
+    await until(() => answer);
+    client.close();
+    answer();
+    await assert.rejects(pending, { code: ErrorCode.CONNECTION_FAILED });
+    assert.equal(FakePeerConnection.instances.length, 0);
+  });
+
+  it('close while the session is being created deletes it once it exists', async () => {
+    let answer;
+    const create = env.server.routes['POST /v1/sessions'];
+    env.server.routes['POST /v1/sessions'] = (init) => new Promise((resolve) => (answer = () => resolve(create(init))));
+    const client = new AvatarClient(env.config);
+    const pending = client.connect({ server: SERVER, audio: 'none' });
+    await until(() => answer);
+    client.close();
+    answer();
+    await assert.rejects(pending, { code: ErrorCode.CONNECTION_FAILED });
+    await until(() => env.server.find('DELETE').length === 1);
+    assert.equal(env.server.find('DELETE')[0].path, '/v1/sessions/s1');
+    assert.equal(FakePeerConnection.instances[0].connectionState, 'closed');
   });
 
   it('close during connect stops the attempt', async () => {
