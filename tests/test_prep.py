@@ -134,3 +134,17 @@ def test_cli_prep_json_and_bad_input(inputs: Path, tmp_path: Path, capsys: pytes
 def test_aspect_buckets() -> None:
     assert aspect_bucket(1920, 1080) == "16:9" and aspect_bucket(1080, 1920) == "9:16"
     assert aspect_bucket(640, 640) == "1:1" and aspect_bucket(720, 960) == "3:4"
+
+
+def test_long_video_is_cut_into_segments_with_matching_audio(inputs: Path, prepared: tuple[Path, dict],
+                                                             tmp_path: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "talk.mp4").write_bytes((inputs / "good.mp4").read_bytes())
+    report = prepare(folder, tmp_path / "out", PrepConfig(short_side=64, segment_seconds=1.0))
+    assert [c["id"] for c in report["clips"]] == ["talk-000", "talk-001"]
+    whole = fmt.load_clip(prepared[0], "good-000")
+    first, second = (fmt.load_clip(tmp_path / "out", f"talk-00{i}") for i in (0, 1))
+    assert first.frames.shape[0] == second.frames.shape[0] == 25
+    assert np.array_equal(np.concatenate([first.audio, second.audio]), whole.audio[:32000])
+    assert second.meta.extra["start_s"] == 1.0 and first.meta.identity == second.meta.identity

@@ -40,7 +40,7 @@ class PrepConfig(BaseModel):
 
     short_side: int = Field(256, ge=64, le=2048)
     size_multiple: int = 16
-    segment_seconds: float = Field(10.0, gt=1.0, description="longer videos are cut into clips of this length")
+    segment_seconds: float = Field(10.0, ge=1.0, description="longer videos are cut into clips of this length")
     min_seconds: float = Field(1.0, gt=0.0, description="shorter inputs (or last segments) are dropped")
     vad_threshold: float = Field(0.5, description="silero-vad probability above which a 32 ms window is speech")
     min_speech_ratio: float = Field(0.1, description="clips with less speech do not train the audio condition")
