@@ -32,8 +32,8 @@ class Avatar:
     height: int
     created: float
     builtin: bool
-    reference: Any          # pipe.encode_reference(image)
-    idle: np.ndarray        # uint8 [H, W, 3] at the model's output size
+    reference: Any          # pipe.encode_reference(image): ReferenceFeatures
+    idle: np.ndarray        # uint8 [H, W, 3]: the reference as cropped for the model (shown before the first chunk)
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "width": self.width, "height": self.height,
@@ -81,12 +81,6 @@ def decode_image(data: bytes, limits: LimitSettings) -> Image.Image:
     return rgb
 
 
-def idle_frame(image: Image.Image, height: int, width: int) -> np.ndarray:
-    """The image center-cropped to the output aspect and resized: uint8 [H, W, 3]."""
-    fitted = ImageOps.fit(image, (width, height), Image.BICUBIC)
-    return np.asarray(fitted, np.uint8)
-
-
 #################################################################################
 #                                     Store                                     #
 #################################################################################
@@ -113,12 +107,11 @@ class AvatarStore:
             raise Problem(409, f"the server holds its maximum of {self.limits.max_avatars} avatars; delete one first",
                           code="avatar_limit")
         image = await asyncio.to_thread(decode_image, data, self.limits)
-        cfg = self.pipe.config
         reference = await asyncio.to_thread(self.pipe.encode_reference, image)
         avatar = Avatar(
             id=avatar_id or "av_" + secrets.token_hex(8), name=name or avatar_id or "avatar",
             width=image.width, height=image.height, created=time.time(), builtin=builtin,
-            reference=reference, idle=idle_frame(image, cfg.height, cfg.width),
+            reference=reference, idle=np.asarray(reference.image, np.uint8),
         )
         with self._lock:
             self._avatars[avatar.id] = avatar

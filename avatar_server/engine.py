@@ -23,11 +23,6 @@ from avatar_server.settings import EngineSettings
 logger = logging.getLogger(__name__)
 
 
-class Chunk(Protocol):
-    frames: np.ndarray        # uint8 [F, H, W, 3]
-    audio_time_s: np.ndarray  # float [F]
-
-
 class Activity(Protocol):
     speaking: bool
 
@@ -40,12 +35,12 @@ class Activity(Protocol):
 class SlotCallbacks:
     """How the worker reports back (each is called on the worker thread; they must be thread-safe)."""
 
-    on_chunk: Callable[[Chunk, int, int], None]      # chunk, epoch, steps used
+    on_chunk: Callable[[np.ndarray, np.ndarray, int, int], None]  # frames, session audio times, epoch, steps
     on_voice: Callable[[bool], None]                 # VAD speaking changed
     on_skip: Callable[[int], None]                   # frames not generated (held instead)
     deadline: Callable[[float], float]               # audio time -> monotonic time it plays
     frames_buffered: Callable[[], int]               # generated frames not yet played
-    on_error: Callable[[str], None]
+    on_error: Callable[[str, bool], None]            # detail, fatal (the session cannot go on)
 
 
 @dataclass
@@ -61,7 +56,10 @@ class Slot:
     stream: Any = None
     activity: Activity | None = None
     epoch: int = 0
-    next_time: float | None = None  # audio time of the next chunk's first frame
+    pushed: int = 0                 # samples pushed to the stream (session audio time * rate)
+    stream_next: float = 0.0        # stream audio time of the next frame
+    time_offset: float = 0.0        # session audio time - stream audio time (moves on every clear)
+    next_time: float | None = None  # session audio time of the next chunk's first frame
     closed: bool = False
     released: threading.Event = field(default_factory=threading.Event)
 
@@ -124,6 +122,7 @@ class Engine:
         self.min_steps = min(settings.min_steps, self.max_steps)
         self.frames_per_chunk = int(pipe.config.chunk_frames)
         self.frame_s = 1.0 / float(pipe.config.fps)
+        self.sample_rate = int(pipe.config.sample_rate)
         self.clock = clock
         self.cost = CostModel(settings.cost_smoothing)
         self.stats = EngineStats()
@@ -213,7 +212,7 @@ class Engine:
                     self._apply(slot, command)
                 except Exception as error:  # a bad command hurts only its session
                     logger.exception("session %s: command %s failed", slot.session_id, command[0])
-                    slot.callbacks.on_error(f"{command[0]} failed: {error}")
+                    slot.callbacks.on_error(f"{command[0]} failed: {error}", command[0] == "open")
                 if slot.released.is_set():
                     break
 
@@ -238,19 +237,26 @@ class Engine:
                 slot.activity.reset()
                 slot.callbacks.on_voice(False)
             slot.stream.push_audio(pcm, voiced=voiced)
+            slot.pushed += pcm.size
         elif kind == "clear":
-            slot.stream.clear_buffer()
+            self._clear(slot)
             if slot.activity.speaking:
                 slot.callbacks.on_voice(False)
             slot.activity.reset()
             slot.epoch += 1
-            slot.next_time = None
         elif kind == "text":
             slot.stream.set_text(command[1])
         elif kind == "pose":
             slot.stream.set_pose(command[1])
         else:
             raise ValueError(f"unknown engine command {kind!r}")
+
+    def _clear(self, slot: Slot) -> None:
+        """Drop the stream's pending audio. Audio pushed next drives the stream's next frame, so the
+        stream's clock falls behind the session's by the dropped audio: remember the offset."""
+        slot.stream.clear_buffer()
+        slot.time_offset = slot.pushed / self.sample_rate - slot.stream_next
+        slot.next_time = None
 
     def _release(self, slot: Slot) -> None:
         """Free the stream and VAD of a session and drop its slot (worker thread or after stop)."""
@@ -303,8 +309,7 @@ class Engine:
     def _skip(self, slot: Slot) -> None:
         """Drop a late session's pending audio: its video holds while it catches up."""
         frames = int(round((self.clock() - self._deadline(slot)) / self.frame_s)) + self.frames_per_chunk
-        slot.stream.clear_buffer()
-        slot.next_time = None
+        self._clear(slot)
         self.stats.skipped_frames += frames
         slot.callbacks.on_skip(frames)
 
@@ -323,7 +328,13 @@ class Engine:
         st.degraded_chunks += len(run) if steps < self.max_steps else 0
         st.last_batch, st.last_steps, st.last_generate_s = len(run), steps, elapsed
         st.generate_seconds.append(elapsed)
-        for slot, chunk, epoch in zip(run, chunks, epochs):
-            times = np.asarray(chunk.audio_time_s, dtype=np.float64)
+        by_stream = {id(chunk.stream): chunk for chunk in chunks}  # streams that were not ready are left out
+        for slot, epoch in zip(run, epochs):
+            chunk = by_stream.get(id(slot.stream))
+            if chunk is None:
+                continue
+            stream_times = np.asarray(chunk.audio_time_s, dtype=np.float64)
+            slot.stream_next = float(stream_times[-1]) + self.frame_s
+            times = stream_times + slot.time_offset  # session audio time
             slot.next_time = float(times[-1]) + self.frame_s
-            slot.callbacks.on_chunk(chunk, epoch, steps)
+            slot.callbacks.on_chunk(chunk.frames, times, epoch, steps)

@@ -86,11 +86,5 @@ class FrameQueue:
             chosen = self._frames.popleft()
         return chosen
 
-    def drop_from(self, audio_time: float) -> int:
-        """Forget frames at or after `audio_time` (barge-in); returns how many."""
-        before = len(self._frames)
-        self._frames = deque(f for f in self._frames if f.audio_time < audio_time)
-        return before - len(self._frames)
-
     def clear(self) -> None:
         self._frames.clear()

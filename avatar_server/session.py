@@ -64,6 +64,7 @@ class Session:
         self.closed = False
         self.close_reason: str | None = None
         self.epoch = 0
+        self.interrupted_at: float | None = None
         self.speaking = False
         self.connected = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
@@ -203,11 +204,13 @@ class Session:
 
     def interrupt(self) -> None:
         """Barge-in: drop pending audio, its frames and unplayed speech; fade to idle."""
+        self.interrupted_at = time.monotonic()
         self.inbox.clear()
         self.epoch += 1
         self.engine.submit(self.slot, ("clear",))
         playing = self.clock.audio_time(time.monotonic())
-        dropped = self.frames.drop_from(playing)
+        dropped = len(self.frames)  # everything not on screen yet came from the dropped speech
+        self.frames.clear()
         self.history.silence_from(int(round(playing * self.rate)))
         self.video.fade_to_idle(self.engine.frames_per_chunk)
         logger.debug("session %s interrupted: %d frames dropped", self.id, dropped)
@@ -253,12 +256,11 @@ class Session:
                 pass
         return call
 
-    def _on_chunk(self, chunk: Any, epoch: int, steps: int) -> None:
+    def _on_chunk(self, frames: np.ndarray, times: np.ndarray, epoch: int, steps: int) -> None:
         if self.closed or epoch != self.epoch:
             return
-        times = np.asarray(chunk.audio_time_s, dtype=np.float64)
         self.clock.chunk_arrived(float(times[0]), time.monotonic())
-        self.frames.extend(times, chunk.frames)
+        self.frames.extend(times, frames)
         self.generated_frames += len(times)
         self.steps_used = steps
 
@@ -269,8 +271,10 @@ class Session:
     def _on_skip(self, frames: int) -> None:
         self.skipped_frames += frames
 
-    def _on_engine_error(self, detail: str) -> None:
+    def _on_engine_error(self, detail: str, fatal: bool) -> None:
         self.emit({"type": "error", "code": "engine_error", "detail": detail})
+        if fatal:
+            self.spawn(self.close("engine_error"), "close")
 
     def _record_latency(self, seconds: float) -> None:
         self.latencies.append(seconds)

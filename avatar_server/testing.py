@@ -40,8 +40,14 @@ class FakeConfig:
 
 @dataclass
 class FakeChunk:
+    stream: "FakeStream"
     frames: np.ndarray        # uint8 [F, H, W, 3]
     audio_time_s: np.ndarray  # float [F]
+
+
+@dataclass(frozen=True)
+class FakeReference:
+    image: np.ndarray         # uint8 [H, W, 3] at the output size
 
 
 @dataclass
@@ -116,7 +122,7 @@ def read_mouth(frame: np.ndarray) -> float:
 class FakeStream:
     """Per-session state: pending audio + voiced mask, frame clock."""
 
-    def __init__(self, pipe: "FakePipeline", reference: np.ndarray, options: FakeStreamOptions) -> None:
+    def __init__(self, pipe: "FakePipeline", reference: FakeReference, options: FakeStreamOptions) -> None:
         self.pipe = pipe
         self.reference = reference
         self.options = options
@@ -133,11 +139,8 @@ class FakeStream:
         self.voiced = np.concatenate([self.voiced, np.full(pcm.size, bool(voiced))])
 
     def clear_buffer(self) -> None:
-        """Drop pending audio; the frame clock skips over it, so audio time keeps counting pushes."""
-        spf = self.pipe.samples_per_frame
-        self.next_frame += self.pending.size // spf
-        keep = self.pending.size % spf  # the part of a frame already begun stays, silenced
-        self.pending, self.voiced = np.zeros(keep, np.float32), np.zeros(keep, bool)
+        """Drop pending audio; audio pushed next drives the next frame (as AvatarStream does)."""
+        self.pending, self.voiced = np.zeros(0, np.float32), np.zeros(0, bool)
 
     def set_text(self, text: str | None) -> None:
         self.text = text
@@ -163,12 +166,12 @@ class FakeStream:
             window = self.pending[i * spf:(i + 1) * spf] * self.voiced[i * spf:(i + 1) * spf]
             rms = float(np.sqrt(np.mean(window ** 2))) if window.size else 0.0
             t = (self.next_frame + i) / cfg.fps
-            frames.append(draw_frame(self.reference, t, rms * MOUTH_GAIN))
+            frames.append(draw_frame(self.reference.image, t, rms * MOUTH_GAIN))
             times.append(t)
         n = cfg.chunk_frames * spf
         self.pending, self.voiced = self.pending[n:], self.voiced[n:]
         self.next_frame += cfg.chunk_frames
-        return FakeChunk(np.stack(frames), np.asarray(times))
+        return FakeChunk(self, np.stack(frames), np.asarray(times))
 
 
 @dataclass
@@ -186,14 +189,14 @@ class FakePipeline:
     def samples_per_frame(self) -> int:
         return self.config.sample_rate // self.config.fps
 
-    def encode_reference(self, image: Image.Image | np.ndarray) -> np.ndarray:
-        """The reference resized to the output size (uint8 [H, W, 3])."""
+    def encode_reference(self, image: Image.Image | np.ndarray) -> FakeReference:
+        """The reference resized to the output size."""
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
         resized = image.convert("RGB").resize((self.config.width, self.config.height), Image.BILINEAR)
-        return np.asarray(resized, np.uint8)
+        return FakeReference(np.asarray(resized, np.uint8))
 
-    def open_stream(self, reference: np.ndarray, options: FakeStreamOptions | None = None) -> FakeStream:
+    def open_stream(self, reference: FakeReference, options: FakeStreamOptions | None = None) -> FakeStream:
         with self._lock:
             self.open_streams += 1
         return FakeStream(self, reference, options or FakeStreamOptions())
@@ -207,7 +210,7 @@ class FakePipeline:
         self.calls.append((len(streams), steps))
         if self.step_cost_s:
             time.sleep(self.step_cost_s * steps)
-        return [stream.take_chunk() for stream in streams]
+        return [stream.take_chunk() for stream in streams if stream.ready()]
 
 
 #################################################################################

@@ -58,6 +58,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         self.counters = counters
         self.on_latency = on_latency
         self._anchor: float | None = None
+        self.started_at: float | None = None  # the first frame's send time; pts count from it
         self._index = 0
         self._last_pts = -1
         self._current: TimedFrame | None = None
@@ -87,7 +88,7 @@ class AvatarVideoTrack(MediaStreamTrack):
             raise MediaStreamError
         now = time.monotonic()
         if self._anchor is None:
-            self._anchor = now
+            self._anchor = self.started_at = now
         due = self._anchor + self._index * self.frame_s
         if due > now:
             await asyncio.sleep(due - now)
@@ -147,6 +148,7 @@ class AvatarAudioTrack(MediaStreamTrack):
         self.tolerance = int(round(tolerance_s * self.rate))
         self.counters = counters
         self._anchor: float | None = None
+        self.started_at: float | None = None  # the first packet's send time; samples count from it
         self._index = 0
         self._position: int | None = None
 
@@ -155,7 +157,7 @@ class AvatarAudioTrack(MediaStreamTrack):
             raise MediaStreamError
         now = time.monotonic()
         if self._anchor is None:
-            self._anchor = now
+            self._anchor = self.started_at = now
         due = self._anchor + self._index * AUDIO_PTIME_S
         if due > now:
             await asyncio.sleep(due - now)
