@@ -19,6 +19,7 @@ MIN_FRAMES_IN_WINDOW = 20
 # The whole utterance goes in one audio-socket message (8 kHz PCM16 keeps ~9 s under the 256 KiB message
 # limit), so once the server says "speaking" all of it is queued and an interrupt must drop the rest.
 PUSH_RATE = 8000
+POSE_KEYPOINTS = 106  # model/data/keypoints.py
 DEFAULT_AVATAR = ROOT / "avatar_server" / "assets" / "default_avatar.png"
 
 
@@ -175,8 +176,11 @@ def test_upload_an_avatar_and_talk_with_it(tab: Tab, server: Server) -> None:
 
         tab.page.fill("#text", "a calm presenter, nodding")
         tab.page.click("#text-form button[type=submit]")
-        tab.page.wait_for_timeout(500)
-        assert tab.e2e()["errors"] == [], "the server rejected set_text"
+        sent = tab.page.evaluate(f"""() => document.querySelector('omnilive-avatar').sendPose(
+            Array.from({{ length: {POSE_KEYPOINTS} }}, (_, i) => [0.3 + 0.4 * (i % 10) / 10, 0.2 + 0.6 * i / {POSE_KEYPOINTS}, 1]))""")
+        assert sent is True
+        tab.page.wait_for_timeout(1000)
+        assert tab.e2e()["errors"] == [], "the server rejected set_text or pose"
         stop_demo(tab, server, session_id)
     finally:
         server.request("DELETE", f"/v1/avatars/{avatar_id}", server.api_key)
