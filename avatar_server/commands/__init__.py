@@ -7,4 +7,5 @@ COMMAND_MODULES: tuple[str, ...] = (
     "prep",
     "render",
     "bench",
+    "serve",
 )
