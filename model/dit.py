@@ -15,7 +15,6 @@ from model.conditioning.audio import AudioEncoder
 from model.conditioning.pose import PoseGuider
 
 KV = tuple[torch.Tensor, torch.Tensor]
-Rope = tuple[torch.Tensor, torch.Tensor]
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -64,8 +63,8 @@ class RotaryEmbedding3D:
         inv = 1.0 / self.theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device) / dim)
         return pos[..., None].float() * inv
 
-    def __call__(self, t_positions: torch.Tensor, grid_h: int, grid_w: int) -> Rope:
-        """t_positions [T] -> (cos, sin), each [T * grid_h * grid_w, head_dim / 2]."""
+    def __call__(self, t_positions: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
+        """t_positions [T] -> complex rotations [T * grid_h * grid_w, head_dim / 2]."""
         device = t_positions.device
         n_t, n = t_positions.shape[0], grid_h * grid_w
         hh, ww = torch.meshgrid(torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij")
@@ -75,16 +74,13 @@ class RotaryEmbedding3D:
         dt, dh, dw = self.axes_dim
         angles = torch.cat([self._angles(t, dt), self._angles(h, dh), self._angles(w, dw)], dim=-1)  # [T, N, D/2]
         angles = angles.reshape(n_t * n, -1)
-        return torch.cos(angles), torch.sin(angles)
+        return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of x [B, L, H, D] by the angles of token l (cos/sin [L, D/2])."""
-    xf = x.float()
-    x1, x2 = xf[..., 0::2], xf[..., 1::2]
-    c, s = cos[None, :, None, :], sin[None, :, None, :]
-    out = torch.stack([x1 * c - x2 * s, x1 * s + x2 * c], dim=-1).flatten(-2)
-    return out.to(x.dtype)
+def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """Rotate channel pairs of x [B, L, H, D] by token l's complex rotations rope [L, D/2]."""
+    pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # [B, L, H, D/2]
+    return torch.view_as_real(pairs * rope[None, :, None]).flatten(-2).to(x.dtype)
 
 
 def block_causal_mask(num_reference: int, num_context: int, num_chunk: int, tokens_per_frame: int,
@@ -130,23 +126,27 @@ class DiTBlock(nn.Module):
                                  nn.Linear(mlp_hidden, hidden_size))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(hidden_size, 6 * hidden_size))
 
-    def qkv_pre_rope(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x [B, T, N, D], per-frame c [B, T, D] -> q, k, v [B, T*N, H, Dh] before RoPE."""
+    def modulation(self, c: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-frame c [B, T, D] -> 6 modulation tensors [B, T, 1, D] (broadcast over tokens)."""
+        return self.adaLN_modulation(c).unsqueeze(2).chunk(6, dim=-1)
+
+    def qkv_pre_rope(self, x: torch.Tensor, shift: torch.Tensor,
+                     scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, T, N, D] -> q, k, v [B, T*N, H, Dh] before RoPE."""
         b, t, n, d = x.shape
-        shift, scale = self.adaLN_modulation(c).unsqueeze(2).chunk(6, dim=-1)[:2]  # [B, T, 1, D]
         h = modulate(self.norm1(x), shift, scale).reshape(b, t * n, d)
         q, k, v = self.qkv(h).reshape(b, t * n, 3, self.num_heads, d // self.num_heads).unbind(2)
         return self.q_norm(q), self.k_norm(k), v
 
-    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: Rope, prefix: KV | None = None,
+    def forward(self, x: torch.Tensor, c: torch.Tensor, rope: torch.Tensor, prefix: KV | None = None,
                 mask: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> tuple[torch.Tensor, KV]:
         """x [B, T, N, D]; c [B, T, D]; prefix: cached rotated (k, v) [B, Lp, H, Dh] attended first;
         audio [B, Fa, W, D] tokens for the last Fa frames. Returns (x, pre-RoPE (k, v) of x)."""
         b, t, n, d = x.shape
-        _, _, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).unsqueeze(2).chunk(6, dim=-1)
-        q, k, v = self.qkv_pre_rope(x, c)
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
+        q, k, v = self.qkv_pre_rope(x, shift_msa, scale_msa)
         kv = (k, v)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
         if prefix is not None:
             k = torch.cat([prefix[0], k], dim=1)
             v = torch.cat([prefix[1], v], dim=1)
@@ -410,7 +410,8 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         for block in self.blocks[:-1]:
             x, kv = block(x, cond, rope)
             kvs.append(kv)
-        _, k, v = self.blocks[-1].qkv_pre_rope(x, cond)
+        last = self.blocks[-1]
+        _, k, v = last.qkv_pre_rope(x, *last.modulation(cond)[:2])
         kvs.append((k, v))
         heads, head_dim = k.shape[-2:]
         return [(k.reshape(b, n, gh * gw, heads, head_dim), v.reshape(b, n, gh * gw, heads, head_dim))
@@ -423,14 +424,14 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         m = 0 if context_kv is None else context_kv[0][0].shape[1]
         device = reference_kv[0][0].device
         p = self.config.patch_size
-        cos, sin = self.rope(self._positions(r, m, 0, device), latent_hw[0] // p, latent_hw[1] // p)
+        rope = self.rope(self._positions(r, m, 0, device), latent_hw[0] // p, latent_hw[1] // p)
         out: list[KV] = []
         for i, (rk, rv) in enumerate(reference_kv):
             if m:
                 ck, cv = context_kv[i]  # type: ignore[index]
                 rk, rv = torch.cat([rk, ck], dim=1), torch.cat([rv, cv], dim=1)
             k, v = rk.flatten(1, 2), rv.flatten(1, 2)  # [B, (R+M)*N, H, Dh]
-            out.append((apply_rope(k, cos, sin), v))
+            out.append((apply_rope(k, rope), v))
         return out
 
     def forward_chunk(
