@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from model.conditioning.heatmaps import NUM_HEATMAP_CHANNELS
 from model.config import ModelConfig, load_model_config
 from model.dit import OmniHumanDiT, block_causal_mask
 from model.errors import InputError
@@ -155,6 +156,7 @@ def test_shipped_configs_build_a_dit(name: str) -> None:
     cfg = load_model_config(name)
     assert cfg.audio.sample_rate == 16000 and cfg.sampler.fps == 25
     assert cfg.video.height % (8 * cfg.dit.patch_size) == 0
+    assert cfg.dit.pose_channels == NUM_HEATMAP_CHANNELS
     kwargs = cfg.dit_kwargs()
     assert kwargs["audio_window_frames"] == cfg.audio.past_frames + 1 + cfg.audio.lookahead_frames
     if name == "tiny":
