@@ -102,25 +102,34 @@ def _local_config(path: str) -> ModelConfig:
     return ModelConfig.model_validate(data)
 
 
-def test_local_encoder_hook_loads_user_weights(tmp_path) -> None:
-    class Frames(torch.nn.Module):  # stands in for an exported wav2vec2: 50 feature frames per second
-        def forward(self, pcm: torch.Tensor) -> torch.Tensor:
-            frames = pcm[:, : pcm.shape[1] // 320 * 320].reshape(1, -1, 320)
-            return torch.stack([frames.mean(-1), frames.std(-1), frames.abs().max(-1).values,
-                                frames.min(-1).values, frames.max(-1).values, frames.pow(2).mean(-1)], -1)
+class _Frames(torch.nn.Module):
+    """Stands in for an exported wav2vec2: 50 feature frames per second, 6 features each."""
 
-    torch.jit.script(Frames()).save(str(tmp_path / "encoder.pt"))
+    def forward(self, pcm: torch.Tensor) -> torch.Tensor:
+        frames = pcm.reshape(1, -1, 320)
+        return torch.stack([frames.mean(-1), frames.std(-1), frames.abs().amax(-1), frames.amin(-1),
+                            frames.amax(-1), frames.pow(2).mean(-1)], -1)
+
+
+def test_local_encoder_hook_loads_user_weights(tmp_path) -> None:
+    example = (torch.randn(1, SPF * 10),)
+    dims = {"pcm": {1: SPF * torch.export.Dim("frames", min=1, max=100_000)}}
+    torch.export.save(torch.export.export(_Frames(), example, dynamic_shapes=dims), str(tmp_path / "encoder.pt2"))
     cfg = _local_config(str(tmp_path))
     assert cfg.dit_kwargs()["audio_feature_dim"] == 6
-    windows = clip_audio_windows(speech_like(1.0), cfg)
+    pcm = speech_like(1.0)
+    windows = clip_audio_windows(pcm, cfg)
     assert windows.shape == (25, CFG.audio.window_frames, 2, 6)
+    # frame 5's own features: the encoder's two 20 ms frames of video frame 5
+    own = _Frames()(pcm[5 * SPF:6 * SPF][None])[0]
+    assert torch.allclose(windows[5, CFG.audio.past_frames], own, atol=1e-5)
     buf = AudioFeatureBuffer(cfg)
-    buf.push(speech_like(0.5))
+    buf.push(pcm[:8000])
     assert buf.ready(0, 4) and buf.windows(0, 4).shape == (4, CFG.audio.window_frames, 2, 6)
 
 
 def test_local_encoder_missing_is_an_input_error(tmp_path) -> None:
     with pytest.raises(InputError, match="does not exist"):
         LocalAudioEncoder(_local_config(str(tmp_path / "nope")))
-    with pytest.raises(InputError, match="encoder.pt"):
+    with pytest.raises(InputError, match="neither"):
         LocalAudioEncoder(_local_config(str(tmp_path)))

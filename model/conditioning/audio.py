@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -101,11 +102,12 @@ class LocalAudioEncoder:
     """Hook for a user-supplied audio encoder (e.g. wav2vec2) loaded from a local folder.
 
     Set `audio.encoder: local`, `audio.local_encoder_path: DIR`, `audio.local_feature_dim: A` and
-    `audio.local_frames_per_video_frame: K` in the model config. DIR holds `encoder.pt`, a TorchScript
-    module mapping float32 PCM [1, S] at 16 kHz to features [1, n, A] (export it yourself, e.g.
-    `torch.jit.trace(wav2vec2_model, example_pcm).save("DIR/encoder.pt")`). Nothing downloads.
-    Features are resampled to exactly K per video frame. Streaming re-runs the encoder on the new
-    frames with `context_s` seconds of past audio, since such encoders are not causal.
+    `audio.local_frames_per_video_frame: K` in the model config. DIR holds the module, exported by the
+    user: `encoder.pt2` (torch.export, with the sample axis dynamic in multiples of 640) or
+    `encoder.pt` (TorchScript). It maps float32 PCM [1, S] at 16 kHz, S a whole number of video
+    frames, to features [1, n, A]; they are resampled to exactly K per video frame. Nothing
+    downloads. Streaming re-runs it on new frames with `context_s` seconds of past audio, since such
+    encoders are not causal.
     """
 
     def __init__(self, config: ModelConfig, context_s: float = 1.0):
@@ -113,24 +115,34 @@ class LocalAudioEncoder:
         path = Path(a.local_encoder_path or "")
         if not path.is_dir():
             raise InputError(f"local audio encoder folder {str(path)!r} does not exist")
-        weights = path / "encoder.pt"
-        if not weights.is_file():
-            raise InputError(f"local audio encoder folder {path} has no encoder.pt (a TorchScript module)")
-        try:
-            self.module = torch.jit.load(str(weights), map_location="cpu").eval()
-        except RuntimeError as exc:
-            raise InputError(f"cannot load {weights} as TorchScript: {exc}") from exc
+        self.module = self._load(path)
         self.feature_dim = config.audio_feature_dim
         self.frames_per_video_frame = config.audio_frames_per_video_frame
         self.samples_per_video_frame = a.sample_rate // config.sampler.fps
         self.context_samples = int(context_s * a.sample_rate)
-        logger.info("local audio encoder loaded from %s", weights)
+
+    @staticmethod
+    def _load(path: Path) -> Callable[[torch.Tensor], torch.Tensor]:
+        exported, scripted = path / "encoder.pt2", path / "encoder.pt"
+        try:
+            if exported.is_file():
+                module = torch.export.load(str(exported)).module()
+            elif scripted.is_file():
+                module = torch.jit.load(str(scripted), map_location="cpu").eval()
+            else:
+                raise InputError(f"local audio encoder folder {path} has neither encoder.pt2 nor encoder.pt")
+        except (RuntimeError, ValueError) as exc:
+            raise InputError(f"cannot load the local audio encoder in {path}: {exc}") from exc
+        logger.info("local audio encoder loaded from %s", path)
+        return module
 
     @torch.inference_mode()
     def __call__(self, pcm: torch.Tensor, num_video_frames: int | None = None) -> torch.Tensor:
-        """PCM [S] -> features [T * K, A] for T = S // samples_per_video_frame video frames."""
-        t = num_video_frames if num_video_frames is not None else pcm.shape[0] // self.samples_per_video_frame
-        feats = self.module(pcm.float().reshape(1, -1))[0]  # [n, A]
+        """PCM [S] -> features [T * K, A] for T video frames (default S // samples per frame)."""
+        spf = self.samples_per_video_frame
+        t = num_video_frames if num_video_frames is not None else pcm.shape[0] // spf
+        pcm = F.pad(pcm.float().reshape(-1)[: t * spf], (0, max(0, t * spf - pcm.shape[0])))
+        feats = self.module(pcm[None])[0]  # [n, A]
         if feats.ndim != 2 or feats.shape[1] != self.feature_dim:
             raise InputError(f"local audio encoder returned {list(feats.shape)}, expected [n, {self.feature_dim}]")
         feats = F.interpolate(feats.T[None], size=t * self.frames_per_video_frame, mode="linear",
