@@ -319,7 +319,13 @@ class Engine:
             return
         epochs = [s.epoch for s in run]
         started = self.clock()
-        chunks = self.pipe.generate([s.stream for s in run], steps=steps)
+        try:
+            chunks = self.pipe.generate([s.stream for s in run], steps=steps)
+        except Exception as error:  # a failing batch ends its sessions, never the worker
+            logger.exception("generate failed for sessions %s", [s.session_id for s in run])
+            for slot in run:
+                slot.callbacks.on_error(f"generation failed: {error}", True)
+            return
         elapsed = self.clock() - started
         self.cost.update(len(run), steps, elapsed)
         st = self.stats

@@ -1,0 +1,41 @@
+"""The server on the real model code path: the tiny AvatarPipeline (trained weights when present)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import numpy as np
+import pytest
+
+from avatar_server.peer import AvatarPeer
+from avatar_server.runtime import load_pipeline
+from avatar_server.settings import load_settings
+from avatar_server.testing import TEST_CONFIG, fake_server
+
+pytestmark = [pytest.mark.usefixtures("loopback_ice"), pytest.mark.slow]
+
+
+async def test_real_tiny_model_streams_generated_frames_over_webrtc() -> None:
+    settings = load_settings(TEST_CONFIG, environ={}, model={"weights": "weights/tiny", "config": "tiny"})
+    handle = load_pipeline(settings)  # weights/tiny when trained, else a random-init tiny model
+    assert handle.source.endswith("tiny")
+    speech = (0.3 * np.sin(2 * np.pi * 220 * np.arange(16000 * 30) / 16000)).astype(np.float32)
+    async with fake_server(handle=handle, model={"steps": 1}) as (url, state):
+        peer = AvatarPeer(url, mic=speech)
+        async with httpx.AsyncClient() as http:
+            assert (await peer.connect(http)).status_code == 201
+            await peer.wait_connected()
+            session = state.manager.get(peer.session["session_id"])
+            deadline = time.monotonic() + 60
+            while session.counters.frames_generated_sent < 4 and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+            assert session.counters.frames_generated_sent >= 4, "no generated frame reached the client"
+            assert state.engine.stats.chunks >= 1 and state.engine.error is None
+            stats = (await http.get(f"{url}/v1/sessions/{session.id}")).json()["stats"]
+            assert stats["latency_ms_p50"] is not None
+        await peer.close()
+    shapes = {img.shape for _, _, img in peer.received.video}
+    assert shapes == {(handle.pipe.config.height, handle.pipe.config.width, 3)}
+    assert state.engine.slot_count == 0
