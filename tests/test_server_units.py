@@ -1,0 +1,170 @@
+"""Server building blocks without a network: playout clock, buffers, engine planning, VAD, auth."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from avatar_server.audio import AudioHistory, Inbox, PCM16Decoder
+from avatar_server.auth import Authenticator
+from avatar_server.engine import Engine, Slot, SlotCallbacks
+from avatar_server.playout import FrameQueue, PlayoutClock
+from avatar_server.settings import AuthSettings, EngineSettings, MediaSettings, VADSettings
+from avatar_server.testing import FakePipeline, FakeStreamOptions, read_barcode
+from avatar_server.vad import VoiceActivity
+from model.errors import InputError
+
+SPEECH = Path("/usr/share/sounds/alsa/Front_Center.wav")
+
+
+def test_playout_delay_grows_for_late_chunks_and_gives_slack_back_slowly() -> None:
+    clock = PlayoutClock(MediaSettings(initial_latency_ms=200, min_latency_ms=80, max_latency_ms=500,
+                                       latency_margin_ms=20, latency_decay_ms_per_s=50), origin=0.0)
+    clock.chunk_arrived(audio_time=1.0, now=1.3)          # plays at 1.2: 100 ms late
+    assert clock.delay == pytest.approx(0.32)             # late + margin
+    clock.chunk_arrived(audio_time=2.0, now=9.0)
+    assert clock.delay == pytest.approx(0.5)              # capped by the latency budget
+    clock.decay(now=10.0)                                 # late chunks in this window: nothing given back
+    assert clock.delay == pytest.approx(0.5)
+    clock.chunk_arrived(audio_time=10.0, now=10.0)        # 500 ms early
+    clock.decay(now=11.0)
+    assert clock.delay == pytest.approx(0.45)             # 50 ms per second
+    assert clock.audio_time(clock.wall_time(3.0)) == pytest.approx(3.0)
+
+
+def test_frame_queue_shows_the_frame_due_and_counts_skipped_ones() -> None:
+    queue = FrameQueue(frame_s=0.04)
+    frames = np.zeros((4, 2, 2, 3), np.uint8)
+    queue.extend(np.array([0.0, 0.04, 0.08, 0.12]), frames)
+    assert queue.take(-0.05) is None
+    assert queue.take(0.09).audio_time == pytest.approx(0.08)
+    assert queue.dropped == 2 and len(queue) == 1
+
+
+def test_audio_history_reads_back_stamps_arrivals_and_silences() -> None:
+    history = AudioHistory(rate=100, seconds=1.0, block=10)
+    history.write(np.ones(25, np.float32), arrival=5.0)
+    history.write(np.full(30, 2.0, np.float32), arrival=6.0)
+    assert history.read(20, 10).tolist() == [1.0] * 5 + [2.0] * 5
+    assert history.arrival(12) == 5.0 and history.arrival(31) == 6.0 and history.arrival(99) is None
+    history.silence_from(40)
+    assert history.read(35, 10).tolist() == [2.0] * 5 + [0.0] * 5
+    history.write(np.full(100, 3.0, np.float32), arrival=7.0)   # wraps: the oldest audio is gone
+    assert history.read(0, 5).tolist() == [0.0] * 5 and history.read(150, 5).tolist() == [3.0] * 5
+
+
+def test_inbox_limit_and_pcm16_decoding() -> None:
+    inbox = Inbox(max_samples=10)
+    assert inbox.put(np.ones(6, np.float32)) and not inbox.put(np.ones(6, np.float32))
+    assert inbox.take(4).size == 4 and inbox.size == 2
+    with pytest.raises(InputError):
+        PCM16Decoder(16000, 16000).decode(b"\x00\x01\x02")
+    same = PCM16Decoder(16000, 16000).decode(np.array([16384, -32768], "<i2").tobytes())
+    assert same.tolist() == [0.5, -1.0]
+    decoder = PCM16Decoder(48000, 16000)
+    out = sum(decoder.decode(np.zeros(4800, "<i2").tobytes()).size for _ in range(10))
+    assert abs(out - 16000) < 200
+
+
+def test_session_tokens_expire_and_cannot_be_forged() -> None:
+    auth = Authenticator(AuthSettings(api_keys=("key",), token_ttl_s=60, token_secret="s"))
+    token, ttl = auth.issue(now=1000.0)
+    assert ttl == 60 and auth.is_token(token, now=1030.0)
+    assert not auth.is_token(token, now=1061.0)
+    assert not auth.is_token(token[:-2] + "xx", now=1030.0)
+    assert not Authenticator(AuthSettings(api_keys=("key",), token_secret="other")).is_token(token, now=1030.0)
+    assert auth.is_key("key") and not auth.is_key(token)
+
+
+#################################################################################
+#                                    Engine                                     #
+#################################################################################
+
+
+class Collector:
+    """SlotCallbacks that record what the engine reports."""
+
+    def __init__(self, deadline_offset: float = 10.0) -> None:
+        self.chunks: list[tuple[np.ndarray, np.ndarray, int, int]] = []
+        self.skipped = 0
+        self.errors: list[str] = []
+        self.deadline_offset = deadline_offset
+        self.got = threading.Event()
+
+    def callbacks(self) -> SlotCallbacks:
+        def on_chunk(frames, times, epoch, steps):
+            self.chunks.append((frames, times, epoch, steps))
+            self.got.set()
+
+        return SlotCallbacks(on_chunk=on_chunk, on_voice=lambda v: None,
+                             on_skip=lambda n: setattr(self, "skipped", self.skipped + n),
+                             deadline=lambda t: time.monotonic() + self.deadline_offset,
+                             frames_buffered=lambda: 0, on_error=lambda d, fatal: self.errors.append(d))
+
+
+def make_slot(pipe: FakePipeline, collector: Collector, name: str = "s") -> Slot:
+    reference = pipe.encode_reference(np.zeros((64, 64, 3), np.uint8))
+    return Slot(session_id=name, reference=reference, options=FakeStreamOptions(),
+                make_activity=lambda: VoiceActivity(VADSettings()), callbacks=collector.callbacks())
+
+
+def test_engine_batches_sessions_and_keeps_session_time_across_clear() -> None:
+    pipe = FakePipeline()
+    engine = Engine(pipe, EngineSettings())
+    collectors = [Collector(), Collector()]
+    slots = [make_slot(pipe, c, f"s{i}") for i, c in enumerate(collectors)]
+    for slot in slots:
+        engine.add(slot)
+        engine.submit(slot, ("push", np.zeros(3200, np.float32), False))   # 5 frames: one chunk + look-ahead
+    engine.start()
+    try:
+        assert all(c.got.wait(5) for c in collectors)
+        assert (2, 2) in pipe.calls                               # one generate call for both sessions
+        first = collectors[0]
+        first.got.clear()
+        engine.submit(slots[0], ("clear",))                       # drops the 1 pending frame of audio
+        engine.submit(slots[0], ("push", np.zeros(3200, np.float32), False))
+        assert first.got.wait(5)
+        times = first.chunks[-1][1]
+        assert times[0] == pytest.approx(0.2)                     # session time: 3200 samples already pushed
+        assert first.chunks[-1][2] == 1                           # generated after the clear: new epoch
+        for slot in slots:
+            engine.remove(slot)
+        for slot in slots:
+            assert slot.released.wait(5)
+        assert engine.slot_count == 0 and pipe.open_streams == 0
+    finally:
+        engine.stop()
+
+
+def test_engine_uses_fewer_steps_then_holds_frames_when_late() -> None:
+    pipe = FakePipeline()
+    engine = Engine(pipe, EngineSettings(min_steps=1, deadline_margin_ms=0), steps=4)
+    engine.cost.update(batch=1, steps=4, seconds=0.4)             # 100 ms per step
+    on_time, tight, late = Collector(1.0), Collector(0.25), Collector(-0.5)
+    slots = [make_slot(pipe, c, n) for c, n in ((on_time, "a"), (tight, "b"), (late, "c"))]
+    for slot in slots:
+        slot.stream = pipe.open_stream(slot.reference)
+        slot.next_time = 0.0
+    assert engine._plan([slots[0]]) == ([slots[0]], 4)
+    assert engine._plan([slots[1]]) == ([slots[1]], 2)            # 2 steps fit in 250 ms
+    assert engine._plan([slots[2]]) == ([], 4)                    # hopeless: backlog dropped, frames held
+    assert late.skipped > 0 and slots[2].next_time is None
+
+
+def test_vad_tells_speech_from_silence() -> None:
+    if not SPEECH.is_file():
+        pytest.skip("alsa-utils speech sample not installed")
+    from model.media import load_audio
+
+    speech = load_audio(SPEECH, 16000)
+    vad = VoiceActivity(VADSettings())
+    flags = [vad.process(block) for block in np.array_split(speech, speech.size // 320)]
+    assert any(flags)
+    vad.reset()
+    quiet = np.random.default_rng(0).normal(0, 1e-3, 16000).astype(np.float32)
+    assert not any(vad.process(block) for block in np.array_split(quiet, 50))
