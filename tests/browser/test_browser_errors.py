@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import io
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from e2e_browser import Server, Tab, close_tab, free_port, open_tab
 
@@ -132,4 +135,14 @@ def test_unreachable_server(tab: Tab, server: Server) -> None:
     tab.page.goto(f"{server.url}/?token={server.api_key}&server={nowhere}")
     error = press_start_expect_error(tab, "server_unreachable")
     assert nowhere.split("//")[1] in error["message"]
+    assert_only_network_noise(tab)
+
+
+def test_overlay_waits_transparently_while_the_server_is_full(tab: Tab, full_server: Server) -> None:
+    """An OBS overlay has nobody to read an error: it stays invisible and schedules a retry."""
+    tab.page.goto(f"{full_server.url}/overlay?token={full_server.api_key}")
+    tab.page.wait_for_function("__e2e.closed.length > 0")
+    assert tab.e2e()["closed"][0]["error"]["code"] == "server_busy"
+    png = tab.page.screenshot(omit_background=True)
+    assert (np.asarray(Image.open(io.BytesIO(png)).convert("RGBA"))[..., 3] == 0).all()
     assert_only_network_noise(tab)
