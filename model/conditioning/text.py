@@ -29,6 +29,10 @@ class TextEncoder:
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._lock = threading.Lock()
 
+    def load(self) -> None:
+        """Load the sentence model now (the first load takes seconds; servers call this at start-up)."""
+        _load_model()
+
     def encode(self, text: str | None) -> torch.Tensor | None:
         """One embedding [384] on `self.device`, or None for missing/blank text; cached per string."""
         if text is None or not text.strip():
