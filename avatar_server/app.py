@@ -255,8 +255,11 @@ def _add_session_routes(app: FastAPI, state: ServerState, authorized: Any) -> No
     async def get_session(session_id: str) -> dict[str, Any]:
         """State and stats of a live session."""
         session = state.manager.get(session_id)
+        counters = session.counters
+        first = None if counters.first_frame_at is None else round(counters.first_frame_at - session.created, 3)
         return {"session_id": session.id, "state": session.state, "avatar": session.options.avatar,
-                "stats": session.stats()}
+                "stats": session.stats(), "frames_sent": counters.frames_sent,
+                "frames_generated_sent": counters.frames_generated_sent, "first_frame_s": first}
 
     @app.delete(f"/{API_VERSION}/sessions/{{session_id}}", status_code=204, dependencies=[Depends(authorized)],
                 tags=["sessions"])

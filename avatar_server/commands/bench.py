@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 
-BENCH_TARGETS: tuple[str, ...] = ("bench_stream",)
+BENCH_TARGETS: tuple[str, ...] = ("bench_stream", "bench_serve")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

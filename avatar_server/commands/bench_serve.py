@@ -1,0 +1,270 @@
+"""`omnilive bench serve`: N aiortc clients stream a WAV as their microphone to a live server.
+
+Prints delivered fps per session (frames received, and freshly generated frames shown), latency
+p50/p95 (audio arrival -> frame sent, from the server), first-frame time, server CPU and RSS;
+`--find-capacity` searches the largest N where every session keeps >= 0.95 x the target fps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import numpy as np
+import psutil
+
+from model.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_WAV = Path("/usr/share/sounds/alsa/Front_Center.wav")
+CAPACITY_FRACTION = 0.95
+STARTUP_TIMEOUT_S = 300.0
+CONNECT_TIMEOUT_S = 30.0
+MIC_RATE = 16000
+
+
+def register(targets: argparse._SubParsersAction) -> None:
+    parser = targets.add_parser("serve", help="load-test the WebRTC server with N aiortc clients",
+                                description="Start `omnilive serve` and N aiortc clients that stream a WAV as "
+                                            "their microphone; report fps, latency, first frame, CPU and RSS.")
+    parser.add_argument("--sessions", type=int, default=1, help="concurrent sessions (default 1)")
+    parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds per run (default 20)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds after connecting before measuring")
+    parser.add_argument("--wav", default=None, help=f"microphone audio, looped (default {DEFAULT_WAV})")
+    parser.add_argument("--find-capacity", action="store_true",
+                        help=f"search the largest N with every session >= {CAPACITY_FRACTION} x target fps")
+    parser.add_argument("--max-sessions", type=int, default=32, help="upper bound of the capacity search")
+    parser.add_argument("--config", default=None, help="server settings YAML (default configs/server/default.yaml)")
+    parser.add_argument("--weights", default=None, help="checkpoint folder (overrides model.weights)")
+    parser.add_argument("--device", default=None, help="cpu, cuda, ... (overrides model.device)")
+    parser.add_argument("--generator", choices=("model", "fake"), default="model",
+                        help="'fake': the deterministic test generator (measures serving alone, in-process)")
+    parser.add_argument("--in-process", action="store_true", help="run the server in this process")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.sessions < 1 or args.seconds <= 0 or args.warmup < 0 or args.max_sessions < 1:
+        raise InputError("--sessions and --max-sessions must be >= 1, --seconds > 0, --warmup >= 0")
+    mic = _load_mic(args.wav)
+    result = asyncio.run(_bench(args, mic))
+    if args.json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        _print_human(result)
+    return 0
+
+
+def _load_mic(path: str | None) -> np.ndarray:
+    """The WAV as float32 16 kHz mono; a speech-like tone pattern when no file is given or installed."""
+    from model.media import load_audio  # noqa: PLC0415
+
+    if path is not None:
+        return load_audio(path, MIC_RATE)
+    if DEFAULT_WAV.is_file():
+        return load_audio(DEFAULT_WAV, MIC_RATE)
+    t = np.arange(MIC_RATE * 4) / MIC_RATE
+    return (0.3 * np.sin(2 * np.pi * 180 * t) * (np.sin(2 * np.pi * 3 * t) > 0)).astype(np.float32)
+
+
+#################################################################################
+#                                    Server                                     #
+#################################################################################
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextlib.asynccontextmanager
+async def _server(args: argparse.Namespace, max_sessions: int) -> AsyncIterator[tuple[str, psutil.Process]]:
+    """The server under test, admitting `max_sessions`; yields (base URL, its process)."""
+    if args.in_process or args.generator == "fake":
+        from avatar_server.app import create_app  # noqa: PLC0415
+        from avatar_server.runtime import fake_pipeline, load_pipeline  # noqa: PLC0415
+        from avatar_server.settings import load_settings  # noqa: PLC0415
+        from avatar_server.testing import running_server  # noqa: PLC0415
+
+        model = {k: v for k, v in (("weights", args.weights), ("device", args.device)) if v is not None}
+        settings = load_settings(args.config, sessions={"max_sessions": max_sessions}, **({"model": model} if model else {}))
+        handle = fake_pipeline() if args.generator == "fake" else load_pipeline(settings)
+        async with running_server(create_app(settings, handle)) as url:
+            yield url, psutil.Process()
+        return
+    port = _free_port()
+    command = [sys.executable, "-m", "avatar_server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    for flag, value in (("--config", args.config), ("--weights", args.weights), ("--device", args.device)):
+        if value is not None:
+            command += [flag, value]
+    env = {**os.environ, "OMNILIVE_SESSIONS__MAX_SESSIONS": str(max_sessions)}
+    with tempfile.NamedTemporaryFile("w+", prefix="omnilive-bench-", suffix=".log") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            await _wait_ready(url, process, log)
+            yield url, psutil.Process(process.pid)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+async def _wait_ready(url: str, process: subprocess.Popen, log: Any) -> None:
+    import httpx  # noqa: PLC0415
+
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    async with httpx.AsyncClient() as http:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                log.seek(0)
+                raise InputError(f"the server exited during startup:\n{log.read()[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await http.get(f"{url}/readyz")).status_code == 200:
+                    return
+            await asyncio.sleep(0.5)
+    raise InputError(f"the server was not ready within {STARTUP_TIMEOUT_S:.0f} s")
+
+
+#################################################################################
+#                                    Clients                                    #
+#################################################################################
+
+
+async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float, warmup: float,
+                 mic: np.ndarray) -> dict[str, Any]:
+    """One run with `sessions` clients; per-session and overall figures."""
+    import httpx  # noqa: PLC0415
+
+    from avatar_server.peer import AvatarPeer  # noqa: PLC0415
+
+    peers = [AvatarPeer(url, mic=mic, loop_mic=True, keep_images=False) for _ in range(sessions)]
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        try:
+            responses = await asyncio.gather(*(peer.connect(http) for peer in peers))
+            refused = [r.status_code for r in responses if r.status_code != 201]
+            if refused:
+                return {"sessions": sessions, "error": f"sessions refused: HTTP {refused}", "ok": False}
+            await asyncio.gather(*(peer.wait_connected(CONNECT_TIMEOUT_S) for peer in peers))
+            await asyncio.sleep(warmup)
+            before = await _server_stats(http, peers)
+            received = [len(p.received.video) for p in peers]
+            cpu, client_cpu, started = server.cpu_times(), psutil.Process().cpu_times(), time.monotonic()
+            await asyncio.sleep(seconds)
+            elapsed = time.monotonic() - started
+            cpu_after, client_after = server.cpu_times(), psutil.Process().cpu_times()
+            after = await _server_stats(http, peers)
+        finally:
+            for peer in peers:
+                if peer.session:
+                    with contextlib.suppress(httpx.HTTPError):
+                        await http.delete(f"/v1/sessions/{peer.session['session_id']}")
+                await peer.close()
+    rows = []
+    for peer, count, first, last in zip(peers, received, before, after):
+        stats = last["stats"]
+        rows.append({
+            "fps": round((len(peer.received.video) - count) / elapsed, 2),
+            "generated_fps": round((last["frames_generated_sent"] - first["frames_generated_sent"]) / elapsed, 2),
+            "first_frame_s": None if peer.first_frame_s is None else round(peer.first_frame_s, 3),
+            "first_generated_frame_s": last["first_frame_s"],
+            "latency_ms_p50": stats["latency_ms_p50"], "latency_ms_p95": stats["latency_ms_p95"],
+            "held_frames": stats["held_frames"] - first["stats"]["held_frames"],
+            "dropped_frames": stats["dropped_frames"] - first["stats"]["dropped_frames"],
+            "steps": stats["steps"], "playout_delay_ms": stats["playout_delay_ms"],
+        })
+    target = after[0]["stats"]["target_fps"]
+    p50s = [r["latency_ms_p50"] for r in rows if r["latency_ms_p50"] is not None]
+    p95s = [r["latency_ms_p95"] for r in rows if r["latency_ms_p95"] is not None]
+    floor = CAPACITY_FRACTION * target
+    return {
+        "sessions": sessions, "seconds": round(elapsed, 2), "target_fps": target,
+        "fps_min": min(r["fps"] for r in rows), "generated_fps_min": min(r["generated_fps"] for r in rows),
+        "generated_fps_mean": round(float(np.mean([r["generated_fps"] for r in rows])), 2),
+        "latency_ms_p50": float(np.median(p50s)) if p50s else None,
+        "latency_ms_p95": max(p95s) if p95s else None,
+        "first_generated_frame_s_max": max((r["first_generated_frame_s"] or 0.0) for r in rows),
+        "server_cpu_percent": round(100 * _cpu_seconds(cpu, cpu_after) / elapsed, 1),
+        "client_cpu_percent": round(100 * _cpu_seconds(client_cpu, client_after) / elapsed, 1),
+        "server_rss_mb": round(server.memory_info().rss / 2**20, 1),
+        "ok": all(r["fps"] >= floor and r["generated_fps"] >= floor for r in rows),
+        "per_session": rows,
+    }
+
+
+def _cpu_seconds(before: Any, after: Any) -> float:
+    return (after.user - before.user) + (after.system - before.system)
+
+
+async def _server_stats(http: Any, peers: list[Any]) -> list[dict[str, Any]]:
+    out = []
+    for peer in peers:
+        response = await http.get(f"/v1/sessions/{peer.session['session_id']}")
+        response.raise_for_status()
+        out.append(response.json())
+    return out
+
+
+async def _bench(args: argparse.Namespace, mic: np.ndarray) -> dict[str, Any]:
+    limit = args.max_sessions if args.find_capacity else args.sessions
+    async with _server(args, limit) as (url, server):
+        import httpx  # noqa: PLC0415
+
+        async with httpx.AsyncClient() as http:
+            ready = (await http.get(f"{url}/readyz")).json()
+        result: dict[str, Any] = {"model": ready.get("model"), "cpu_count": os.cpu_count(),
+                                  "machine_load_1m": round(os.getloadavg()[0], 2)}
+        if not args.find_capacity:
+            result.update(await _trial(url, server, args.sessions, args.seconds, args.warmup, mic))
+            return result
+        trials: list[dict[str, Any]] = []
+
+        async def ok(n: int) -> bool:
+            trial = await _trial(url, server, n, args.seconds, args.warmup, mic)
+            trials.append({k: v for k, v in trial.items() if k != "per_session"})
+            return bool(trial["ok"])
+
+        best, n = 0, 1
+        while n <= args.max_sessions and await ok(n):  # doubling, then bisection
+            best, n = n, n * 2
+        low, high = best + 1, min(n, args.max_sessions + 1) - 1
+        while low <= high:
+            mid = (low + high) // 2
+            if await ok(mid):
+                best, low = mid, mid + 1
+            else:
+                high = mid - 1
+        result.update({"capacity": best, "criterion": f"every session >= {CAPACITY_FRACTION} x target fps "
+                                                      "(received and freshly generated)", "trials": trials})
+        return result
+
+
+def _print_human(result: dict[str, Any]) -> None:
+    lines = [f"model: {result.get('model')}"]
+    if "capacity" in result:
+        lines.append(f"capacity: {result['capacity']} sessions ({result['criterion']})")
+        for trial in result["trials"]:
+            lines.append(f"  {trial['sessions']:>3} sessions: fps min {trial.get('fps_min')}, generated fps min "
+                         f"{trial.get('generated_fps_min')}, ok={trial['ok']}")
+    else:
+        lines.append(f"{result['sessions']} sessions, {result.get('seconds')} s: fps min {result.get('fps_min')}, "
+                     f"generated fps min {result.get('generated_fps_min')}, latency p50 "
+                     f"{result.get('latency_ms_p50')} ms / p95 {result.get('latency_ms_p95')} ms, server CPU "
+                     f"{result.get('server_cpu_percent')} %, RSS {result.get('server_rss_mb')} MB")
+    sys.stdout.write("\n".join(lines) + "\n")
