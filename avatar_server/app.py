@@ -143,12 +143,13 @@ class ServerState:
 
 
 def _set_threads(settings: ServerSettings) -> None:
-    """silero-vad's import sets torch to 1 thread; apply the configured count after it."""
-    import silero_vad  # noqa: F401, PLC0415
+    """silero-vad's import sets torch to 1 thread: restore the count (or apply the configured one) after it."""
     import torch  # noqa: PLC0415
 
-    if settings.model.torch_threads:
-        torch.set_num_threads(settings.model.torch_threads)
+    threads = settings.model.torch_threads or torch.get_num_threads()
+    import silero_vad  # noqa: F401, PLC0415
+
+    torch.set_num_threads(threads)
 
 
 def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
