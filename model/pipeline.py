@@ -187,18 +187,20 @@ class AvatarStream:
         with self._lock:
             return not self.closed and self._audio.ready(self.state.frame_index, self.pipeline.config.chunk_frames)
 
-    def next_conditions(self, pose: torch.Tensor | None = None) -> ChunkConditions:
-        """Consume the audio of the next chunk; `pose` [F, G, h, w] overrides the held pose."""
+    def next_conditions(self, pose: torch.Tensor | None = None) -> ChunkConditions | None:
+        """Consume the audio of the next chunk (None when closed or short of audio); `pose`
+        [F, G, h, w] overrides the held pose."""
         f = self.pipeline.config.chunk_frames
         with self._lock:
-            self._check_open()
+            if self.closed or not self._audio.ready(self.state.frame_index, f):
+                return None
             windows = self._audio.windows(self.state.frame_index, f)  # [F, W, K, A]
             if pose is None and self._pose is not None:
                 pose = self._pose[None].expand(f, *self._pose.shape)  # [F, G, h, w]
             return ChunkConditions(audio=windows, pose=pose, text=self._text, guidance=self._guidance)
 
     def close(self) -> None:
-        """Free the caches; the stream cannot be used afterwards."""
+        """Free the caches; the stream cannot be used afterwards (call it between generate calls)."""
         with self._lock:
             self.closed = True
             self.state.close()
@@ -363,18 +365,19 @@ class AvatarPipeline:
 
         naive=True runs the cache-free reference path (the streams can then only continue naively).
         """
-        groups: dict[tuple[tuple[int, int], int], list[AvatarStream]] = {}
+        groups: dict[tuple[tuple[int, int], int], list[tuple[AvatarStream, ChunkConditions]]] = {}
         for stream in streams:
-            if stream.ready():
+            conditions = stream.next_conditions()
+            if conditions is not None:
                 key = (stream.grid, steps or stream.options.steps or self.config.steps)
-                groups.setdefault(key, []).append(stream)
+                groups.setdefault(key, []).append((stream, conditions))
+        run = self.sampler.naive_generate if naive else self.sampler.generate
         out: dict[int, LatentChunk] = {}
         for (_, group_steps), group in groups.items():
-            conditions = [s.next_conditions() for s in group]
-            first = [s.frame_index for s in group]
-            run = self.sampler.naive_generate if naive else self.sampler.generate
-            latents = run([s.state for s in group], conditions, steps=group_steps)  # [B, F, C, h, w]
-            for stream, start, chunk in zip(group, first, latents):
+            first = [stream.frame_index for stream, _ in group]
+            latents = run([stream.state for stream, _ in group], [c for _, c in group],
+                          steps=group_steps)  # [B, F, C, h, w]
+            for (stream, _), start, chunk in zip(group, first, latents):
                 out[id(stream)] = LatentChunk(stream=stream, latents=chunk, first_frame=start)
         return [out[id(s)] for s in streams if id(s) in out]
 
@@ -439,6 +442,8 @@ class AvatarPipeline:
         """One chunk of one stream with an explicit per-frame pose (offline rendering)."""
         start = stream.frame_index
         conditions = stream.next_conditions(pose=pose)
+        if conditions is None:
+            raise RuntimeError("render padded the audio, yet the stream is short of it")
         latents = self.sampler.generate([stream.state], [conditions], steps=steps or stream.options.steps)
         return LatentChunk(stream=stream, latents=latents[0], first_frame=start)
 
