@@ -4,6 +4,7 @@ self-attention, frame-wise audio cross-attention, a pose guider on the input and
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -97,6 +98,15 @@ def block_causal_mask(num_reference: int, num_context: int, num_chunk: int, toke
     frames[r + m:, :] = True
     tokens = frames.repeat_interleave(tokens_per_frame, 0).repeat_interleave(tokens_per_frame, 1)
     return tokens[None, None]
+
+
+@dataclass
+class ChunkConditioning:
+    """Embedded chunk conditions, reusable across denoising steps (they do not depend on t)."""
+
+    text: torch.Tensor  # [B, D] text embedding (or the null text)
+    audio: torch.Tensor  # [B, F, W, D] audio window tokens (or the null audio)
+    pose: torch.Tensor | None  # [B, F, P, h, w] pose guider channels, None = zeros
 
 
 #################################################################################
@@ -326,11 +336,25 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
             features = features * (~drop).to(features.dtype)[:, None, None, None, None]
         return features
 
-    def _chunk_conditioning(self, timesteps: torch.Tensor, text: torch.Tensor | None,
-                            drop_text: torch.Tensor | None) -> torch.Tensor:
-        """Per-frame timesteps [B, F] (+ text) -> adaLN conditioning [B, F, D]."""
-        text_emb = self._text_embedding(text, drop_text, timesteps.shape[0])
-        return self.t_embedder(timesteps) + text_emb[:, None]
+    def embed_conditions(self, batch: int, frames: int, audio: torch.Tensor | None = None,
+                         pose: torch.Tensor | None = None, text: torch.Tensor | None = None,
+                         drop_audio: torch.Tensor | None = None, drop_text: torch.Tensor | None = None,
+                         drop_pose: torch.Tensor | None = None) -> ChunkConditioning:
+        """Embed a chunk's conditions once (audio encoder, pose guider, text MLP) for all its steps."""
+        return ChunkConditioning(text=self._text_embedding(text, drop_text, batch),
+                                 audio=self._audio_tokens(audio, drop_audio, batch, frames),
+                                 pose=self._pose_features(pose, drop_pose))
+
+    def select_conditions(self, conditioning: ChunkConditioning, index: torch.Tensor, drop_audio: torch.Tensor,
+                          drop_text: torch.Tensor) -> ChunkConditioning:
+        """Rows index [B'] of embedded conditions, with audio/text replaced by their nulls where
+        drop_* [B'] is set (the CFG branches of a batch)."""
+        audio = conditioning.audio[index]
+        text = conditioning.text[index]
+        return ChunkConditioning(
+            text=torch.where(drop_text[:, None], self.null_text.expand_as(text), text),
+            audio=torch.where(drop_audio[:, None, None, None], self.null_audio.expand_as(audio), audio),
+            pose=None if conditioning.pose is None else conditioning.pose[index])
 
     def _run_block(self, block: DiTBlock, *args: object) -> tuple[torch.Tensor, KV]:
         if torch.is_grad_enabled() and self.gradient_checkpointing:
@@ -445,16 +469,19 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         drop_audio: torch.Tensor | None = None,
         drop_text: torch.Tensor | None = None,
         drop_pose: torch.Tensor | None = None,
+        conditioning: ChunkConditioning | None = None,
     ) -> torch.Tensor:
         """Velocity [B, F, C, h, w] of chunk latents attending to cached prefix K/V (from prefix_kv);
-        equals the chunk part of forward() on [reference | context | chunk]. No mask is needed."""
+        equals the chunk part of forward() on [reference | context | chunk]. No mask is needed.
+        `conditioning` (from embed_conditions) replaces audio/pose/text/drop_*."""
         b, f = latents.shape[:2]
         gh, gw = self._grid(latents)
         h, w = latents.shape[-2:]
-        x = self._embed(latents, self._pose_features(pose, drop_pose))  # [B, F, N, D]
-        cond = self._chunk_conditioning(timesteps, text, drop_text)
-        audio_tokens = self._audio_tokens(audio, drop_audio, b, f)
+        if conditioning is None:
+            conditioning = self.embed_conditions(b, f, audio, pose, text, drop_audio, drop_text, drop_pose)
+        x = self._embed(latents, conditioning.pose)  # [B, F, N, D]
+        cond = self.t_embedder(timesteps) + conditioning.text[:, None]  # [B, F, D]
         rope = self.rope(torch.arange(f, device=latents.device, dtype=torch.float32), gh, gw)
         for block, kv in zip(self.blocks, prefix):
-            x, _ = block(x, cond, rope, kv, None, audio_tokens)
+            x, _ = block(x, cond, rope, kv, None, conditioning.audio)
         return self._unpatchify(self.final_layer(x, cond), h, w)

@@ -142,7 +142,7 @@ class StreamingSampler:
 
     def _row_inputs(self, rows: list[tuple[int, Branch]], conditions: list[ChunkConditions],
                     frames: int) -> dict[str, torch.Tensor | None]:
-        """Batch the conditions of each row: audio/pose/text stacked, drop masks per branch."""
+        """Batch the raw conditions of each row: audio/pose/text stacked, drop masks per branch."""
         dev, dt = self._device, self._dtype
 
         def stack(name: str) -> torch.Tensor | None:
@@ -172,6 +172,9 @@ class StreamingSampler:
         x = torch.stack([torch.randn(shape, generator=s.generator, device=self._device, dtype=self._dtype)
                          for s in states])  # [S, F, C, h, w]
         if cached:
+            # conditions embedded once per chunk, one row per session (only absent conditions dropped)
+            embedded = self.dit.embed_conditions(len(states), f, **self._row_inputs(
+                [(i, Branch.FULL) for i in range(len(states))], conditions, f))
             # rotated reference + context K/V of every session, once per chunk: per layer [S, Lp, H, Dh]
             per_session = [self.dit.prefix_kv([(k[None], v[None]) for k, v in s.reference_kv],
                                               [(k[None], v[None]) for k, v in s.context_kv] if s.context_kv else None,
@@ -188,12 +191,16 @@ class StreamingSampler:
             t, t_next = float(times[step]), float(times[step + 1])
             rows, weights = self._rows(states, conditions, step, steps)
             index = torch.tensor([i for i, _ in rows], device=self._device)
-            inputs = self._row_inputs(rows, conditions, f)
             chunk_t = x.new_full((len(rows), f), t)
             if cached:
-                kv = [(k[index], v[index]) for k, v in prefix]
-                v_rows = self.dit.forward_chunk(x[index], chunk_t, kv, **inputs)
+                identity = len(rows) == len(states)  # one row per session: no branch to gather
+                kv = prefix if identity else [(k[index], v[index]) for k, v in prefix]
+                drop_audio = torch.tensor([b.drop_audio for _, b in rows], device=self._device)
+                drop_text = torch.tensor([b.drop_text for _, b in rows], device=self._device)
+                rows_cond = self.dit.select_conditions(embedded, index, drop_audio, drop_text)
+                v_rows = self.dit.forward_chunk(x if identity else x[index], chunk_t, kv, conditioning=rows_cond)
             else:
+                inputs = self._row_inputs(rows, conditions, f)
                 latents = torch.cat([free[index], x[index]], dim=1)
                 timesteps = torch.cat([free_t[index], chunk_t], dim=1)
                 v_rows = self.dit(latents, timesteps, num_reference=r, num_context=m, **inputs)[:, r + m:]
