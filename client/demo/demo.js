@@ -87,9 +87,9 @@ async function uploadAvatar(file) {
   $('upload-status').textContent = `Uploading ${file.name}…`;
   try {
     const avatar = await signaling.uploadAvatar(file, file.name.replace(/\.[^.]+$/, ''));
+    await loadAvatars(avatar.id);
     $('upload-status').textContent = `Uploaded as "${avatar.id}".`;
     log(`avatar uploaded: ${avatar.id}`);
-    await loadAvatars(avatar.id);
   } catch (error) {
     $('upload-status').textContent = '';
     showError(error);
