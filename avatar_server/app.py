@@ -187,7 +187,7 @@ def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                           allow_headers=["Authorization", "Content-Type"], expose_headers=["Location", "Retry-After"])
+                           allow_headers=["Authorization", "Content-Type"], expose_headers=["Location", "Retry-After", "Link"])
 
     def authorized(request: Request) -> None:
         state.auth.check(bearer(request.headers.get("authorization")))
@@ -251,6 +251,28 @@ def _add_session_routes(app: FastAPI, state: ServerState, authorized: Any) -> No
         token = None if state.auth.open else state.auth.issue()[0]
         return SessionResponse(session_id=session.id, sdp=sdp, ice_servers=state.manager.ice_servers(),
                                events_url=f"{base}/events", audio_url=f"{base}/audio", token=token)
+
+    @app.post(f"/{API_VERSION}/whep", status_code=201, dependencies=[Depends(authorized)], tags=["sessions"],
+              response_class=Response, openapi_extra={"requestBody": {
+                  "required": True, "content": {"application/sdp": {"schema": {"type": "string"}}}}},
+              responses={201: {"content": {"application/sdp": {}}, "description": "SDP answer"}})
+    async def whep(request: Request, avatar: str = DEFAULT_AVATAR_ID) -> Response:
+        """WHEP playback: an application/sdp offer -> 201 SDP answer, `Location` to DELETE, ICE servers as `Link`."""
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/sdp":
+            raise Problem(415, "a WHEP offer is sent as Content-Type: application/sdp", code="unsupported_media")
+        try:
+            sdp = (await request.body()).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise Problem(400, "the SDP offer is not UTF-8 text", code="bad_sdp") from error
+        options = _session_options(state, SessionRequest(sdp=sdp or " ", avatar=avatar))
+        session, answer = await state.manager.create(sdp, options, state.avatars.get(avatar))
+        links = [f'<{url}>; rel="ice-server"' + (f'; username="{s["username"]}"; credential="{s["credential"]}"; '
+                                                  'credential-type="password"' if "username" in s else "")
+                 for s in state.manager.ice_servers() for url in s["urls"]]
+        headers = {"Location": f"/{API_VERSION}/sessions/{session.id}"}
+        if links:
+            headers["Link"] = ", ".join(links)
+        return Response(answer, status_code=201, media_type="application/sdp", headers=headers)
 
     @app.get(f"/{API_VERSION}/sessions/{{session_id}}", dependencies=[Depends(authorized)], tags=["sessions"])
     async def get_session(session_id: str) -> dict[str, Any]:

@@ -60,6 +60,7 @@ class Slot:
     stream_next: float = 0.0        # stream audio time of the next frame
     time_offset: float = 0.0        # session audio time - stream audio time (moves on every clear)
     next_time: float | None = None  # session audio time of the next chunk's first frame
+    fresh: bool = False             # backlog just dropped: the next chunk is generated, late or not
     closed: bool = False
     released: threading.Event = field(default_factory=threading.Event)
 
@@ -256,7 +257,8 @@ class Engine:
         stream's clock falls behind the session's by the dropped audio: remember the offset."""
         slot.stream.clear_buffer()
         slot.time_offset = slot.pushed / self.sample_rate - slot.stream_next
-        slot.next_time = None
+        slot.next_time = slot.pushed / self.sample_rate
+        slot.fresh = True
 
     def _release(self, slot: Slot) -> None:
         """Free the stream and VAD of a session and drop its slot (worker thread or after stop)."""
@@ -292,7 +294,11 @@ class Engine:
         return slot.callbacks.deadline(slot.next_time) - self.settings.deadline_margin_ms / 1000.0
 
     def _plan(self, batch: list[Slot]) -> tuple[list[Slot], int]:
-        """Steps for this batch, and which sessions are too late to generate at all."""
+        """Steps for this batch; sessions too late even at min_steps drop their backlog (held frames).
+
+        A session that just dropped its backlog (`fresh`) holds the newest audio there is: it is
+        generated as fast as possible, late or not, so a slow device still shows fresh frames.
+        """
         now = self.clock()
         chunk_s = self.frames_per_chunk * self.frame_s
         run = list(batch)
@@ -301,9 +307,12 @@ class Engine:
             steps = self.max_steps
             while steps > self.min_steps and now + self.cost.estimate(len(run), steps) > deadline:
                 steps -= 1
-            if now + self.cost.estimate(len(run), steps) <= deadline + chunk_s:
+            stale = [s for s in run if not s.fresh]
+            if now + self.cost.estimate(len(run), steps) <= deadline + chunk_s or not stale:
                 return run, steps
-            self._skip(run.pop(0))  # the most overdue session drops its backlog: held frames
+            victim = min(stale, key=self._deadline)  # the most overdue session
+            run.remove(victim)
+            self._skip(victim)
         return run, self.max_steps
 
     def _skip(self, slot: Slot) -> None:
@@ -343,4 +352,5 @@ class Engine:
             slot.stream_next = float(stream_times[-1]) + self.frame_s
             times = stream_times + slot.time_offset  # session audio time
             slot.next_time = float(times[-1]) + self.frame_s
+            slot.fresh = False
             slot.callbacks.on_chunk(chunk.frames, times, epoch, steps)

@@ -90,15 +90,20 @@ async def test_session_limit_gives_503_with_retry_after() -> None:
         assert answer["type"] == "answer" and answer["sdp"].startswith("v=0")
         assert first.headers["location"] == f"/v1/sessions/{answer['session_id']}"
         assert answer["ice_servers"] == [] and answer["events_url"].endswith("/events")
+        assert_problem(await http.post("/v1/whep", content=pcs[1][1], headers={"content-type": "text/plain"}), 415)
         refused = await http.post("/v1/sessions", json={"sdp": pcs[1][1]})
         assert_problem(refused, 503)
         assert refused.headers["retry-after"] == "3"
         assert (await http.get("/readyz")).status_code == 503
         assert (await http.delete(f"/v1/sessions/{answer['session_id']}")).status_code == 204
         assert (await http.get("/readyz")).status_code == 200
-        assert (await http.post("/v1/sessions", json={"sdp": pcs[1][1]})).status_code == 201
+        whep = await http.post("/v1/whep", content=pcs[1][1], headers={"content-type": "application/sdp"})
+        assert whep.status_code == 201 and whep.headers["content-type"] == "application/sdp"
+        assert whep.text.startswith("v=0") and whep.headers["location"].startswith("/v1/sessions/s_")
         for pc, _ in pcs:
             await pc.close()
+    # server shutdown ended the WHEP session and freed what it held
+    assert len(state.manager) == 0 and state.engine.slot_count == 0 and state.handle.pipe.open_streams == 0
 
 
 async def test_avatar_upload_validation_and_use() -> None:

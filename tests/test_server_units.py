@@ -14,7 +14,7 @@ from avatar_server.auth import Authenticator
 from avatar_server.engine import Engine, Slot, SlotCallbacks
 from avatar_server.playout import FrameQueue, PlayoutClock
 from avatar_server.settings import AuthSettings, EngineSettings, MediaSettings, VADSettings
-from avatar_server.testing import FakePipeline, FakeStreamOptions, read_barcode
+from avatar_server.testing import FakePipeline, FakeStreamOptions
 from avatar_server.vad import VoiceActivity
 from model.errors import InputError
 
@@ -153,7 +153,8 @@ def test_engine_uses_fewer_steps_then_holds_frames_when_late() -> None:
     assert engine._plan([slots[0]]) == ([slots[0]], 4)
     assert engine._plan([slots[1]]) == ([slots[1]], 2)            # 2 steps fit in 250 ms
     assert engine._plan([slots[2]]) == ([], 4)                    # hopeless: backlog dropped, frames held
-    assert late.skipped > 0 and slots[2].next_time is None
+    assert late.skipped > 0 and slots[2].fresh
+    assert engine._plan([slots[2]]) == ([slots[2]], 1)            # the fresh chunk runs, as fast as it can
 
 
 def test_vad_tells_speech_from_silence() -> None:
