@@ -222,12 +222,13 @@ class Session:
         self.engine.submit(self.slot, ("pose", keypoints))
 
     async def _feed(self) -> None:
-        """Push audio to the stream in real time: input when there is some, silence otherwise."""
+        """Once connected, push audio to the stream in real time: input when there is some, silence otherwise."""
         media = self.settings.media
         interval = media.feed_interval_ms / 1000
         jitter = int(media.input_jitter_ms / 1000 * self.rate)
         lead = int(media.input_lead_ms / 1000 * self.rate)
-        origin = self.clock.origin
+        await self.connected.wait()  # nothing plays before the peer connects: start the stream clock then
+        origin = self.clock.origin = time.monotonic()
         while True:
             now = time.monotonic()
             due = int((now - origin) * self.rate)

@@ -108,7 +108,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         video = VideoFrame.from_ndarray(image, format="rgb24")
         if (video.width, video.height) != (self.width, self.height):
             video = video.reformat(width=self.width, height=self.height)
-        pts = max(self._last_pts + 1, int(round((due - self.clock.origin) * VIDEO_CLOCK_RATE)))
+        pts = max(self._last_pts + 1, int(round((due - self.started_at) * VIDEO_CLOCK_RATE)))
         video.pts, video.time_base = pts, Fraction(1, VIDEO_CLOCK_RATE)
         self._last_pts = pts
 
