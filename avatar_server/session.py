@@ -98,7 +98,7 @@ class Session:
                 frames_buffered=lambda: len(self.frames), on_error=self._threadsafe(self._on_engine_error)),
         )
         self.skipped_frames = 0
-        self.fps = 0.0
+        self.fps = self.generated_fps = 0.0  # frames sent / freshly generated frames shown, per second
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -335,6 +335,7 @@ class Session:
         p50, p95 = percentile(values, 50), percentile(values, 95)
         return {
             "type": "stats", "fps": round(self.fps, 2), "target_fps": self.options.fps,
+            "generated_fps": round(self.generated_fps, 2),
             "latency_ms_p50": None if p50 is None else round(p50 * 1000, 1),
             "latency_ms_p95": None if p95 is None else round(p95 * 1000, 1),
             "dropped_frames": self.frames.dropped, "held_frames": self.counters.frames_held + self.skipped_frames,
@@ -343,10 +344,11 @@ class Session:
 
     async def _stats(self) -> None:
         interval = self.settings.sessions.stats_interval_s
-        last_t, last_n = time.monotonic(), 0
+        last_t, last_n, last_fresh = time.monotonic(), 0, 0
         while True:
             await asyncio.sleep(interval)
-            now, sent = time.monotonic(), self.counters.frames_sent
-            self.fps, last_t, last_n = (sent - last_n) / (now - last_t), now, sent
+            now, sent, fresh = time.monotonic(), self.counters.frames_sent, self.counters.frames_generated_sent
+            self.fps, self.generated_fps = (sent - last_n) / (now - last_t), (fresh - last_fresh) / (now - last_t)
+            last_t, last_n, last_fresh = now, sent, fresh
             self.clock.decay(now)
             self.emit(self.stats())
