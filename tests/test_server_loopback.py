@@ -157,9 +157,10 @@ async def _resources_freed(state, pipe, session_id: str, timeout: float = 8.0) -
                          f"streams={pipe.open_streams} tasks={tasks}")
 
 
-@pytest.mark.parametrize("how", ["delete", "peer_close", "abrupt", "mid_ice"])
+@pytest.mark.parametrize("how", ["delete", "peer_close", "abrupt", "mid_ice", "duration"])
 async def test_disconnect_frees_session_tasks_and_engine_slot(how: str) -> None:
-    async with fake_server(sessions={"connect_timeout_s": 1.0, "reconnect_grace_s": 0.2}) as (url, state):
+    sessions = {"connect_timeout_s": 1.0, "reconnect_grace_s": 0.2, "max_duration_s": 2.5 if how == "duration" else 60}
+    async with fake_server(sessions=sessions) as (url, state):
         pipe = state.handle.pipe
         peer = AvatarPeer(url, mic=tone_bursts(3.0))
         async with httpx.AsyncClient() as http:
@@ -182,12 +183,12 @@ async def test_disconnect_frees_session_tasks_and_engine_slot(how: str) -> None:
                     assert (await http.delete(f"{url}/v1/sessions/{session_id}")).status_code == 404
                 elif how == "peer_close":
                     await peer.pc.close()
-                else:                   # tab killed: sockets vanish without goodbye
+                elif how == "abrupt":   # tab killed: sockets vanish without goodbye
                     await peer.vanish()
                     events.transport.abort()
             await _resources_freed(state, pipe, session_id)
             reasons = {"delete": "deleted", "peer_close": "peer_closed", "abrupt": "events_disconnected",
-                       "mid_ice": "connect_timeout"}
+                       "mid_ice": "connect_timeout", "duration": "duration_limit"}
             metrics = (await http.get(f"{url}/metrics")).text
             assert f'omnilive_sessions_ended_total{{reason="{reasons[how]}"}} 1.0' in metrics
         await peer.close()
