@@ -36,11 +36,8 @@ COPY model/__init__.py model/__init__.py
 COPY avatar_server/__init__.py avatar_server/__init__.py
 RUN pip install -e . && pip uninstall -y omnilive
 
-COPY model model
-COPY avatar_server avatar_server
-COPY configs configs
-COPY client client
-COPY weights weights
+# model/, avatar_server/, configs/, client/ and weights/ (when trained: weights/tiny); see .dockerignore.
+COPY . .
 RUN pip install --no-deps -e .
 
 RUN useradd --create-home --uid 10001 omnilive && chown -R omnilive /opt/omnilive
