@@ -61,6 +61,6 @@ def test_vae_resume_is_exact(toy: Path, tmp_path: Path) -> None:
 def test_bad_training_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A typo in the config -> exit 2 with the key named, no traceback."""
     bad = tmp_path / "bad.yaml"
-    bad.write_text(CONFIG.read_text().replace("crop: 96", "crpo: 96"))
+    bad.write_text(CONFIG.read_text().replace("crop: 64", "crpo: 64"))
     assert main(["train", "--config", str(bad)]) == 2
     assert "crpo" in capsys.readouterr().err

@@ -168,9 +168,9 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
     area = model_config.video.height * model_config.video.width
     root = Path(config.data.root)
     train_entries = select_clips(root, config.data.split, config.data.max_clips)
-    heldout_split = "val" if fmt.read_index(root).split("val") else config.data.split
-    heldout_entries = select_clips(root, heldout_split, None)
-    heldout_entries = [e for e in heldout_entries if e not in train_entries][: config.data.holdout_clips]
+    index = fmt.read_index(root)
+    heldout_split = next((s for s in ("val", "test") if index.split(s)), config.data.split)
+    heldout_entries = [e for e in index.split(heldout_split) if e not in train_entries][: config.data.holdout_clips]
     if not heldout_entries:
         heldout_entries, train_entries = train_entries[-1:], train_entries[:-1] or train_entries
     pool = build_pool(root, train_entries, area, unit, config.loss, FRAMES_PER_CLIP)
@@ -206,7 +206,7 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
         optimizer.step()
         ema.update(vae.autoencoder, step)
         done = step + 1
-        log.advance(loss=float(loss), **{k: v for k, v in parts.items() if k == "l1"})
+        log.advance(loss=loss.item(), l1=parts["l1"])
         if done % config.run.log_every == 0 or done == config.run.steps:
             log.write({"step": done, "loss": float(loss), **parts, "lr": optimizer.param_groups[0]["lr"],
                        "grad_norm": grad_norm, "seconds": round(time.monotonic() - began, 2)})
