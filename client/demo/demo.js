@@ -198,6 +198,8 @@ addEventListener('pagehide', () => avatarEl.stop());
 
 setStatus('idle');
 countFrames();
-await loadAvatars(params.get('avatar'));
+const wanted = params.get('avatar');
+if (wanted) $('avatar-select').add(new Option(wanted, wanted, true, true));
 if (params.get('audio')) $('audio-select').value = params.get('audio');
-if (params.get('autostart') === '1') start();
+if (params.get('autostart') === '1') start(); // ?autostart=1: connect at once (kiosks, first-frame timing)
+loadAvatars(wanted);
