@@ -113,49 +113,80 @@ def check_writable(path: str | Path) -> Path:
     return path
 
 
-def write_mp4(path: str | Path, frames: np.ndarray, fps: int, audio: np.ndarray, sample_rate: int) -> None:
-    """Mux uint8 frames [T, H, W, 3] (H.264) with float32 mono audio (AAC); audio padded/cut to T / fps."""
-    path = check_writable(path)
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"expected uint8 frames [T, H, W, 3], got {frames.dtype} {frames.shape}")
-    num_frames, height, width, _ = frames.shape
-    duration_samples = round(num_frames * sample_rate / fps)
-    track = np.zeros(duration_samples, np.float32)
-    track[: min(len(audio), duration_samples)] = audio[:duration_samples]
-    try:
-        container = av.open(str(path), mode="w", format="mp4")
-    except (av.error.FFmpegError, OSError) as error:
-        raise InputError(f"cannot write {path}: {error}") from error
-    with container:
-        video = container.add_stream("libx264", rate=fps)
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        video.options = {"crf": VIDEO_CRF, "preset": "veryfast"}
-        sound = container.add_stream("aac", rate=sample_rate)
-        sound.layout = "mono"
-        sound.bit_rate = AUDIO_BITRATE
-        samples_written = 0
-        for index, rgb in enumerate(frames):
+class Mp4Writer:
+    """H.264 + AAC mp4 written batch by batch of frames; the audio is interleaved and cut (or padded with
+    silence) to the video's duration, so both tracks end together. A failed write removes the file."""
+
+    def __init__(self, path: str | Path, fps: int, audio: np.ndarray, sample_rate: int):
+        self.path = check_writable(path)
+        self.fps, self.sample_rate = fps, sample_rate
+        self.audio = np.asarray(audio, dtype=np.float32).reshape(-1)
+        self.frames_written = 0
+        self._samples_written = 0
+        try:
+            self._container = av.open(str(self.path), mode="w", format="mp4")
+        except (av.error.FFmpegError, OSError) as error:
+            raise InputError(f"cannot write {self.path}: {error}") from error
+        self._video = self._sound = None
+
+    def __enter__(self) -> "Mp4Writer":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._container.close()
+            self.path.unlink(missing_ok=True)
+
+    def _open_streams(self, height: int, width: int) -> None:
+        """Add the video and audio streams once the frame size is known (before the header is written)."""
+        self._video = self._container.add_stream("libx264", rate=self.fps)
+        self._video.width, self._video.height, self._video.pix_fmt = width, height, "yuv420p"
+        self._video.options = {"crf": VIDEO_CRF, "preset": "veryfast"}
+        self._sound = self._container.add_stream("aac", rate=self.sample_rate)
+        self._sound.layout = "mono"
+        self._sound.bit_rate = AUDIO_BITRATE
+
+    def write(self, frames: np.ndarray) -> None:
+        """Append uint8 frames [n, H, W, 3] and the audio they cover."""
+        if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+            raise ValueError(f"expected uint8 frames [n, H, W, 3], got {frames.dtype} {frames.shape}")
+        if self._video is None:
+            self._open_streams(frames.shape[1], frames.shape[2])
+        for rgb in frames:
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-            frame.pts = index
-            frame.time_base = Fraction(1, fps)
-            container.mux(video.encode(frame))
-            # interleave: audio up to the end of this video frame
-            samples_written = _mux_audio(container, sound, track, samples_written, (index + 1) * sample_rate // fps)
-        _mux_audio(container, sound, track, samples_written, duration_samples)
-        container.mux(video.encode(None))
-        container.mux(sound.encode(None))
-    logger.info("wrote %s: %d frames at %d fps, %.2f s of audio", path, num_frames, fps, duration_samples / sample_rate)
+            frame.pts = self.frames_written
+            frame.time_base = Fraction(1, self.fps)
+            self._container.mux(self._video.encode(frame))
+            self.frames_written += 1
+            self._mux_audio(final=False)  # interleave: audio up to the end of this frame
 
+    def close(self) -> None:
+        """Flush both encoders and finish the file."""
+        if self._video is None:
+            self._container.close()
+            self.path.unlink(missing_ok=True)
+            raise ValueError("no frames were written")
+        self._mux_audio(final=True)
+        self._container.mux(self._video.encode(None))
+        self._container.mux(self._sound.encode(None))
+        self._container.close()
+        logger.info("wrote %s: %d frames at %d fps with audio", self.path, self.frames_written, self.fps)
 
-def _mux_audio(container, stream, track: np.ndarray, start: int, stop: int) -> int:
-    """Encode whole AAC frames of `track` from `start` up to `stop` (the tail at the end); returns the new start."""
-    sample_rate = stream.codec_context.sample_rate
-    while start < stop and (stop - start >= AAC_FRAME_SAMPLES or stop == len(track)):
-        piece = track[start : start + AAC_FRAME_SAMPLES]
-        frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="fltp", layout="mono")
-        frame.sample_rate = sample_rate
-        frame.pts = start
-        frame.time_base = Fraction(1, sample_rate)
-        container.mux(stream.encode(frame))
-        start += len(piece)
-    return start
+    def _mux_audio(self, final: bool) -> None:
+        """Encode whole AAC frames up to the end of the written video (the short tail only when final)."""
+        stop = self.frames_written * self.sample_rate // self.fps
+        while stop - self._samples_written >= AAC_FRAME_SAMPLES or (final and self._samples_written < stop):
+            start = self._samples_written
+            size = min(AAC_FRAME_SAMPLES, stop - start)
+            piece = np.zeros(size, np.float32)
+            available = self.audio[start : start + size]
+            piece[: available.size] = available
+            frame = av.AudioFrame.from_ndarray(piece.reshape(1, -1), format="fltp", layout="mono")
+            frame.sample_rate = self.sample_rate
+            frame.pts = start
+            frame.time_base = Fraction(1, self.sample_rate)
+            self._container.mux(self._sound.encode(frame))
+            self._samples_written += size
+

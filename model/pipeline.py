@@ -7,7 +7,7 @@ import logging
 import math
 import shutil
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -405,9 +405,16 @@ class AvatarPipeline:
 
     def render(self, image: Image.Image | np.ndarray, audio: np.ndarray, pose: tuple[np.ndarray, np.ndarray] | None = None,
                text: str | None = None, seed: int = 0, steps: int | None = None, vad: bool = True) -> np.ndarray:
-        """Offline video for a whole clip: uint8 [T, H, W, 3], T = ceil(duration * fps), made by the
-        streaming sampler chunk by chunk (tail padded with silence). pose = (xy [T', K, 2], visibility
-        [T', K]); vad=True gates non-speech frames to silence like a live session (silero-vad)."""
+        """Offline video for a whole clip: uint8 [T, H, W, 3], T = ceil(duration * fps) (see iter_render)."""
+        return np.concatenate(list(self.iter_render(image, audio, pose=pose, text=text, seed=seed, steps=steps, vad=vad)))
+
+    def iter_render(self, image: Image.Image | np.ndarray, audio: np.ndarray,
+                    pose: tuple[np.ndarray, np.ndarray] | None = None, text: str | None = None, seed: int = 0,
+                    steps: int | None = None, vad: bool = True) -> Iterator[np.ndarray]:
+        """render() chunk by chunk: uint8 [n, H, W, 3] per chunk (the last one cut to T frames in all), made
+        by the streaming sampler with the tail padded with silence; memory does not grow with the length.
+        pose = (xy [T', K, 2], visibility [T', K]), its last pose held; vad=True gates non-speech frames
+        to silence like a live session (silero-vad)."""
         audio = np.asarray(audio, dtype=np.float32).reshape(-1)
         if audio.size == 0:
             raise InputError("audio is empty (0 samples)")
@@ -424,18 +431,24 @@ class AvatarPipeline:
         heatmaps = self.clip_heatmaps(pose, reference, chunks * cfg.chunk_frames) if pose is not None else None
         voiced = np.zeros(padded_frames, dtype=bool)
         voiced[:total] = voiced_frames(audio, total, spf).numpy() if vad else True
+        return self._render_chunks(reference, padded, voiced, heatmaps, total, text, seed, steps)
+
+    def _render_chunks(self, reference: ReferenceFeatures, padded: np.ndarray, voiced: np.ndarray,
+                       heatmaps: torch.Tensor | None, total: int, text: str | None, seed: int,
+                       steps: int | None) -> Iterator[np.ndarray]:
+        """The generator behind iter_render (inputs already checked, so errors surface before the first chunk)."""
+        cfg = self.config
+        spf = cfg.samples_per_frame
         stream = self.open_stream(reference, StreamOptions(text=text, seed=seed, steps=steps))
         try:
             for frame, flag in enumerate(voiced):
                 stream.push_audio(padded[frame * spf : (frame + 1) * spf], voiced=bool(flag))
-            frames = []
-            for k in range(chunks):
-                f0 = k * cfg.chunk_frames
+            for f0 in range(0, total, cfg.chunk_frames):
                 chunk_pose = None if heatmaps is None else heatmaps[f0 : f0 + cfg.chunk_frames]
-                frames.append(self.decode([self._sample_one(stream, chunk_pose, steps)])[0].frames)
+                frames = self.decode([self._sample_one(stream, chunk_pose, steps)])[0].frames
+                yield frames[: total - f0]
         finally:
             stream.close()
-        return np.concatenate(frames)[:total]
 
     @torch.inference_mode()
     def _sample_one(self, stream: AvatarStream, pose: torch.Tensor | None, steps: int | None) -> LatentChunk:

@@ -152,3 +152,21 @@ def test_random_init_renders_and_says_it_is_a_smoke_test(files, tmp_path, caplog
         assert main(argv) == 0
     assert out.is_file()
     assert any("smoke test" in r.message for r in caplog.records)
+
+
+def test_mp4_writer_pads_short_audio_and_removes_a_failed_file(tmp_path):
+    from model.media import Mp4Writer
+
+    out = tmp_path / "short.mp4"
+    with Mp4Writer(out, 25, np.zeros(100, np.float32), SR) as writer:
+        for _ in range(3):
+            writer.write(np.zeros((4, 32, 32, 3), np.uint8))
+    with av.open(str(out)) as container:
+        assert container.streams.video[0].frames == 12
+        assert abs(float(container.streams.audio[0].duration * container.streams.audio[0].time_base) - 0.48) < 1e-3
+    failed = tmp_path / "failed.mp4"
+    with pytest.raises(RuntimeError):
+        with Mp4Writer(failed, 25, np.zeros(100, np.float32), SR) as writer:
+            writer.write(np.zeros((2, 32, 32, 3), np.uint8))
+            raise RuntimeError("generation failed")
+    assert not failed.exists()

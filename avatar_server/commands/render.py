@@ -6,12 +6,10 @@ import argparse
 import logging
 from pathlib import Path
 
-import numpy as np
-
 from model.config import AudioSection
 from model.data.keypoints import NUM_KEYPOINTS
 from model.errors import InputError
-from model.media import check_writable, load_audio, load_image, load_pose, write_mp4
+from model.media import Mp4Writer, check_writable, load_audio, load_image, load_pose
 from model.pipeline import DEFAULT_CHECKPOINT, AvatarPipeline
 
 logger = logging.getLogger(__name__)
@@ -65,7 +63,9 @@ def run(args: argparse.Namespace) -> int:
     audio = load_audio(args.audio, SAMPLE_RATE)
     pose = load_pose(args.pose, NUM_KEYPOINTS) if args.pose else None
     pipe = load_pipeline(args)
-    frames = pipe.render(image, audio, pose=pose, text=args.text, seed=args.seed, steps=args.steps)
-    write_mp4(out, np.asarray(frames), pipe.config.fps, audio, pipe.config.sample_rate)
-    logger.info("rendered %d frames (%.2f s) to %s", len(frames), len(frames) / pipe.config.fps, out)
+    chunks = pipe.iter_render(image, audio, pose=pose, text=args.text, seed=args.seed, steps=args.steps)
+    with Mp4Writer(out, pipe.config.fps, audio, pipe.config.sample_rate) as writer:
+        for frames in chunks:
+            writer.write(frames)
+    logger.info("rendered %d frames (%.2f s) to %s", writer.frames_written, writer.frames_written / pipe.config.fps, out)
     return 0
