@@ -200,3 +200,19 @@ def test_session_ended_by_the_server(tab: Tab, server: Server) -> None:
     tab.page.wait_for_function("document.body.dataset.status === 'connected'")
     stop_demo(tab, server, tab.e2e()["sessionIds"][-1])
     assert_clean(tab)
+
+
+def test_reconnects_after_the_connection_drops(tab: Tab, server: Server) -> None:
+    """The events channel dropping (as on a network loss) brings a new session on the same video."""
+    first = start_demo(tab, server, "&audio=none")
+    tab.page.evaluate("document.querySelector('omnilive-avatar').client.socket.close()")
+    tab.page.wait_for_function("__e2e.sessionIds.length === 2 && document.body.dataset.status === 'connected'")
+    seen = tab.e2e()
+    assert [e["code"] for e in seen["errors"]] == ["connection_lost"] and seen["errors"][0]["fatal"] is False
+    second = seen["sessionIds"][1]
+    assert second != first
+    assert server.request("GET", f"/v1/sessions/{first}", server.api_key)[0] == 404, "the dropped session lingers"
+    frames = len(seen["frameTimes"])
+    tab.page.wait_for_function(f"__e2e.frameTimes.length >= {frames + 10}")  # the same <video> plays the new stream
+    stop_demo(tab, server, second)
+    assert_clean(tab)
