@@ -161,13 +161,31 @@ class StreamingSampler:
         return dict(audio=audio, pose=pose, text=text, drop_audio=drop_audio, drop_text=drop_text,
                     drop_pose=drop_pose)
 
+    def _prefix(self, states: list[StreamState]) -> list[KV]:
+        """Reference + context K/V of every session rotated to this chunk's positions: per layer
+        (k, v) [S, (R+M)*N, H, Dh]; once per chunk, shared by all steps and CFG branches."""
+        per_session = [self.dit.prefix_kv([(k[None], v[None]) for k, v in s.reference_kv],  # type: ignore[union-attr]
+                                          [(k[None], v[None]) for k, v in s.context_kv] if s.context_kv else None,
+                                          s.grid) for s in states]
+        return [(torch.cat([p[layer][0] for p in per_session]), torch.cat([p[layer][1] for p in per_session]))
+                for layer in range(len(per_session[0]))]
+
+    @staticmethod
+    def _guided(v_rows: torch.Tensor, rows: list[tuple[int, Branch]],
+                weights: list[dict[Branch, float]]) -> torch.Tensor:
+        """Row velocities [rows, F, C, h, w] -> each session's guided velocity [S, F, C, h, w]."""
+        velocity = []
+        for i, w in enumerate(weights):
+            branches = {b: v_rows[j] for j, (si, b) in enumerate(rows) if si == i}
+            velocity.append(combine_branches(branches, w))
+        return torch.stack(velocity)
+
     def _sample(self, states: list[StreamState], conditions: list[ChunkConditions], steps: int | None,
                 cached: bool) -> torch.Tensor:
         self._check(states, conditions)
         cfg = self.config
         steps = steps or cfg.steps
         f = cfg.chunk_frames
-        grid = states[0].grid
         shape = (f, *states[0].reference_latents.shape[1:])
         x = torch.stack([torch.randn(shape, generator=s.generator, device=self._device, dtype=self._dtype)
                          for s in states])  # [S, F, C, h, w]
@@ -175,12 +193,7 @@ class StreamingSampler:
             # conditions embedded once per chunk, one row per session (only absent conditions dropped)
             embedded = self.dit.embed_conditions(len(states), f, **self._row_inputs(
                 [(i, Branch.FULL) for i in range(len(states))], conditions, f))
-            # rotated reference + context K/V of every session, once per chunk: per layer [S, Lp, H, Dh]
-            per_session = [self.dit.prefix_kv([(k[None], v[None]) for k, v in s.reference_kv],
-                                              [(k[None], v[None]) for k, v in s.context_kv] if s.context_kv else None,
-                                              grid) for s in states]
-            prefix = [(torch.cat([p[layer][0] for p in per_session]), torch.cat([p[layer][1] for p in per_session]))
-                      for layer in range(len(per_session[0]))]
+            prefix = self._prefix(states)
         else:
             r, m = states[0].reference_latents.shape[0], states[0].context_latents.shape[0]
             free = torch.stack([torch.cat([s.reference_latents, s.context_latents]) for s in states])
@@ -193,22 +206,18 @@ class StreamingSampler:
             index = torch.tensor([i for i, _ in rows], device=self._device)
             chunk_t = x.new_full((len(rows), f), t)
             if cached:
-                identity = len(rows) == len(states)  # one row per session: no branch to gather
-                kv = prefix if identity else [(k[index], v[index]) for k, v in prefix]
+                one_row_each = len(rows) == len(states)  # no CFG branches: rows are the sessions in order
+                kv = prefix if one_row_each else [(k[index], v[index]) for k, v in prefix]
                 drop_audio = torch.tensor([b.drop_audio for _, b in rows], device=self._device)
                 drop_text = torch.tensor([b.drop_text for _, b in rows], device=self._device)
                 rows_cond = self.dit.select_conditions(embedded, index, drop_audio, drop_text)
-                v_rows = self.dit.forward_chunk(x if identity else x[index], chunk_t, kv, conditioning=rows_cond)
+                v_rows = self.dit.forward_chunk(x if one_row_each else x[index], chunk_t, kv, conditioning=rows_cond)
             else:
                 inputs = self._row_inputs(rows, conditions, f)
                 latents = torch.cat([free[index], x[index]], dim=1)
                 timesteps = torch.cat([free_t[index], chunk_t], dim=1)
                 v_rows = self.dit(latents, timesteps, num_reference=r, num_context=m, **inputs)[:, r + m:]
-            velocity = []
-            for i, w in enumerate(weights):
-                branches = {b: v_rows[j] for j, (si, b) in enumerate(rows) if si == i}
-                velocity.append(combine_branches(branches, w))
-            x = euler_step(x, torch.stack(velocity), t, t_next)
+            x = euler_step(x, self._guided(v_rows, rows, weights), t, t_next)
         for s, frames in zip(states, x):
             self._advance(s, frames, with_cache=cached)
         return x
@@ -220,7 +229,8 @@ class StreamingSampler:
         context window and its K/V advance by the new frames."""
         for s in states:
             if s.reference_kv is None or (self.config.context_frames and s.context_kv is None):
-                raise ValueError("stream state has no caches (closed, or made with with_cache=False)")
+                raise ValueError("stream state has no caches (closed, made with with_cache=False, or "
+                                 "advanced by naive_generate)")
         return self._sample(states, conditions, steps, cached=True)
 
     @torch.inference_mode()

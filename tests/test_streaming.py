@@ -67,6 +67,20 @@ def test_cached_stream_equals_naive_recomputation(sampler: StreamingSampler) -> 
     assert (cached.context_latents - naive.context_latents).abs().max() <= 1e-4
 
 
+@pytest.mark.parametrize("chunk,context", [(2, 4), (2, 0), (1, 1)])
+def test_cached_equals_naive_for_other_windows(sampler: StreamingSampler, chunk: int, context: int) -> None:
+    """Context windows longer than a chunk (partial roll), no context at all, single frames."""
+    data = CONFIG.model_dump()
+    data["sampler"].update(chunk_frames=chunk, context_frames=context, steps=2)
+    other = StreamingSampler(sampler.dit, ModelConfig.model_validate(data))
+    cached, naive = other.init_state(reference(), 5), other.init_state(reference(), 5)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(5):
+        cond = ChunkConditions(audio=torch.randn(chunk, CONFIG.audio.window_frames, 4, 8, generator=g))
+        assert (other.generate([cached], [cond]) - other.naive_generate([naive], [cond])).abs().max() <= 1e-4
+    assert cached.context_latents.shape[0] == context
+
+
 def test_later_audio_never_changes_earlier_chunks(sampler: StreamingSampler) -> None:
     conds = conditions(4)
     changed = conditions(4)[:2] + conditions(2, seed=99)  # audio/pose differ from chunk 2 on
