@@ -28,6 +28,7 @@ from avatar_server.runtime import PipelineHandle
 from avatar_server.session import Session, SessionOptions
 from avatar_server.sessions import SessionManager
 from avatar_server.settings import ServerSettings
+from avatar_server.vad import VoiceWorker
 from model.errors import InputError
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,7 @@ class ServerState:
     settings: ServerSettings
     handle: PipelineHandle
     engine: Engine
+    voice: VoiceWorker
     avatars: AvatarStore
     manager: SessionManager
     metrics: Metrics
@@ -142,29 +144,31 @@ class ServerState:
     ready: bool = False
 
 
-def _set_threads(settings: ServerSettings) -> None:
-    """silero-vad's import sets torch to 1 thread: restore the count (or apply the configured one) after it."""
+def _torch_threads(settings: ServerSettings) -> int:
+    """The engine's intra-op threads: configured, else torch's default (read before silero-vad's import,
+    which sets the importing thread to 1)."""
     import torch  # noqa: PLC0415
 
     threads = settings.model.torch_threads or torch.get_num_threads()
     import silero_vad  # noqa: F401, PLC0415
 
-    torch.set_num_threads(threads)
+    return threads
 
 
 def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
     """The FastAPI app around a loaded pipeline (see runtime.load_pipeline / runtime.fake_pipeline)."""
     metrics = Metrics()
     engine = Engine(handle.pipe, settings.engine, steps=settings.model.steps)
-    state = ServerState(settings=settings, handle=handle, engine=engine,
+    voice = VoiceWorker(settings.vad)
+    state = ServerState(settings=settings, handle=handle, engine=engine, voice=voice,
                         avatars=AvatarStore(handle.pipe, settings.limits),
-                        manager=SessionManager(settings, engine, handle, metrics), metrics=metrics,
+                        manager=SessionManager(settings, engine, voice, handle, metrics), metrics=metrics,
                         auth=Authenticator(settings.auth))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        _set_threads(settings)
-        engine.start()
+        engine.start(_torch_threads(settings))
+        voice.start()
         default = settings.path(settings.default_avatar)
         try:
             await state.avatars.add(default.read_bytes(), "default", avatar_id=DEFAULT_AVATAR_ID, builtin=True)
@@ -177,6 +181,7 @@ def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
         finally:
             state.ready = False
             await state.manager.close_all("shutdown")
+            await asyncio.to_thread(voice.stop)
             await asyncio.to_thread(engine.stop)
 
     app = FastAPI(title="omnilive", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,

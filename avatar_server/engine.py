@@ -1,7 +1,8 @@
 """The engine: one worker thread per device that batches ready chunks of all sessions.
 
-Only the worker thread touches model objects (streams, VAD): the event loop enqueues commands on a
-session's Slot and the worker applies them before each batch, so the loop never waits for the model.
+Only the worker thread touches the streams: the event loop (and the VAD worker, for audio) enqueue
+commands on a session's Slot and the worker applies them before each batch, so the loop never
+waits for the model.
 Every chunk has a deadline (when its first frame must be played); when the batch would miss it the
 worker uses fewer denoising steps, and below `min_steps` it drops that session's backlog so its
 video holds a frame for a moment instead of building a queue.
@@ -14,7 +15,7 @@ import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Callable
 
 import numpy as np
 
@@ -23,20 +24,11 @@ from avatar_server.settings import EngineSettings
 logger = logging.getLogger(__name__)
 
 
-class Activity(Protocol):
-    speaking: bool
-
-    def process(self, pcm: np.ndarray) -> bool: ...
-    def reset(self) -> None: ...
-    def close(self) -> None: ...
-
-
 @dataclass
 class SlotCallbacks:
     """How the worker reports back (each is called on the worker thread; they must be thread-safe)."""
 
     on_chunk: Callable[[np.ndarray, np.ndarray, int, int], None]  # frames, session audio times, epoch, steps
-    on_voice: Callable[[bool], None]                 # VAD speaking changed
     on_skip: Callable[[int], None]                   # frames not generated (held instead)
     deadline: Callable[[float], float]               # audio time -> monotonic time it plays
     frames_buffered: Callable[[], int]               # generated frames not yet played
@@ -50,11 +42,9 @@ class Slot:
     session_id: str
     reference: Any
     options: Any
-    make_activity: Callable[[], Activity]
     callbacks: SlotCallbacks
     commands: deque = field(default_factory=deque)
     stream: Any = None
-    activity: Activity | None = None
     epoch: int = 0
     pushed: int = 0                 # samples pushed to the stream (session audio time * rate)
     stream_next: float = 0.0        # stream audio time of the next frame
@@ -136,9 +126,11 @@ class Engine:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self) -> None:
+    def start(self, torch_threads: int | None = None) -> None:
+        """Start the worker; `torch_threads` sets its intra-op threads (a per-thread setting in torch)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="omnilive-engine", daemon=True)
+            self._thread = threading.Thread(target=self._run, args=(torch_threads,), name="omnilive-engine",
+                                            daemon=True)
             self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -167,7 +159,7 @@ class Engine:
         self.submit(slot, ("open",))
 
     def submit(self, slot: Slot, command: tuple) -> None:
-        """Queue a command for the worker: push/clear/text/pose/close."""
+        """Queue a command for the worker: ("push", pcm, voiced), ("clear",), ("text", t), ("pose", kp), ("close",)."""
         slot.commands.append(command)
         self._wake.set()
 
@@ -181,7 +173,11 @@ class Engine:
 
     # ------------------------------------------------------------------ worker
 
-    def _run(self) -> None:
+    def _run(self, torch_threads: int | None) -> None:
+        if torch_threads:
+            import torch  # noqa: PLC0415
+
+            torch.set_num_threads(torch_threads)
         logger.info("engine worker started (steps %d..%d, max batch %d)", self.min_steps, self.max_steps,
                     self.settings.max_batch)
         try:
@@ -225,25 +221,12 @@ class Engine:
             return
         elif kind == "open":
             slot.stream = self.pipe.open_stream(slot.reference, slot.options)
-            slot.activity = slot.make_activity()
         elif kind == "push":
-            _, pcm, detect = command
-            voiced = False
-            if detect:
-                before = slot.activity.speaking
-                voiced = slot.activity.process(pcm)
-                if voiced != before:
-                    slot.callbacks.on_voice(voiced)
-            elif slot.activity.speaking:
-                slot.activity.reset()
-                slot.callbacks.on_voice(False)
+            _, pcm, voiced = command
             slot.stream.push_audio(pcm, voiced=voiced)
             slot.pushed += pcm.size
         elif kind == "clear":
             self._clear(slot)
-            if slot.activity.speaking:
-                slot.callbacks.on_voice(False)
-            slot.activity.reset()
             slot.epoch += 1
         elif kind == "text":
             slot.stream.set_text(command[1])
@@ -268,10 +251,8 @@ class Engine:
         try:
             if slot.stream is not None:
                 slot.stream.close()
-            if slot.activity is not None:
-                slot.activity.close()
         finally:
-            slot.stream = slot.activity = None
+            slot.stream = None
             slot.commands.clear()
             with self._lock:
                 self._slots.pop(slot.session_id, None)

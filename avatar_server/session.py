@@ -24,7 +24,7 @@ from avatar_server.engine import Engine, Slot, SlotCallbacks
 from avatar_server.playout import FrameQueue, PlayoutClock
 from avatar_server.settings import ServerSettings
 from avatar_server.tracks import AvatarAudioTrack, AvatarVideoTrack, TrackCounters
-from avatar_server.vad import make_activity
+from avatar_server.vad import VoiceWorker
 
 logger = logging.getLogger(__name__)
 
@@ -50,12 +50,14 @@ def percentile(values: list[float], q: float) -> float | None:
 class Session:
     """A live avatar session; create with SessionManager.create()."""
 
-    def __init__(self, settings: ServerSettings, engine: Engine, pc: RTCPeerConnection, options: SessionOptions,
+    def __init__(self, settings: ServerSettings, engine: Engine, voice: VoiceWorker, pc: RTCPeerConnection,
+                 options: SessionOptions,
                  reference: Any, idle: np.ndarray, stream_options: Any, sample_rate: int,
                  on_closed: Callable[["Session", str], None], on_latency: Callable[[float], None]) -> None:
         self.id = "s_" + secrets.token_hex(8)
         self.settings = settings
         self.engine = engine
+        self.voice = voice
         self.pc = pc
         self.options = options
         self.rate = sample_rate
@@ -91,10 +93,8 @@ class Session:
         self.audio = AvatarAudioTrack(self.clock, self.history, media.av_sync_tolerance_ms / 1000, self.counters)
         self.slot = Slot(
             session_id=self.id, reference=reference, options=stream_options,
-            make_activity=lambda: make_activity(settings.vad),
             callbacks=SlotCallbacks(
-                on_chunk=self._threadsafe(self._on_chunk), on_voice=self._threadsafe(self._on_voice),
-                on_skip=self._threadsafe(self._on_skip), deadline=self.clock.wall_time,
+                on_chunk=self._threadsafe(self._on_chunk), on_skip=self._threadsafe(self._on_skip), deadline=self.clock.wall_time,
                 frames_buffered=lambda: len(self.frames), on_error=self._threadsafe(self._on_engine_error)),
         )
         self.skipped_frames = 0
@@ -105,6 +105,7 @@ class Session:
     def start(self) -> None:
         """Join the engine and start the feeder, stats and lifetime tasks."""
         self.engine.add(self.slot)
+        self.voice.add(self.id, lambda command: self.engine.submit(self.slot, command), self._threadsafe(self._on_voice))
         if self.options.text:
             self.engine.submit(self.slot, ("text", self.options.text))
         self.spawn(self._feed(), "feed")
@@ -145,6 +146,7 @@ class Session:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
+        self.voice.release(self.id)
         self.engine.remove(self.slot)
         self.video.stop()
         self.audio.stop()
@@ -207,7 +209,7 @@ class Session:
         self.interrupted_at = time.monotonic()
         self.inbox.clear()
         self.epoch += 1
-        self.engine.submit(self.slot, ("clear",))
+        self.voice.clear(self.id)
         playing = self.clock.audio_time(time.monotonic())
         dropped = len(self.frames)  # everything not on screen yet came from the dropped speech
         self.frames.clear()
@@ -244,7 +246,7 @@ class Session:
 
     def _push(self, pcm: np.ndarray, now: float, detect: bool) -> None:
         self.history.write(pcm, now)
-        self.engine.submit(self.slot, ("push", pcm, detect))
+        self.voice.push(self.id, pcm, detect)
 
     # ------------------------------------------------------------------ engine -> loop
 
@@ -350,5 +352,6 @@ class Session:
             now, sent, fresh = time.monotonic(), self.counters.frames_sent, self.counters.frames_generated_sent
             self.fps, self.generated_fps = (sent - last_n) / (now - last_t), (fresh - last_fresh) / (now - last_t)
             last_t, last_n, last_fresh = now, sent, fresh
-            self.clock.decay(now)
+            if not self.speaking:  # give back latency only in silence, where the audio jump is inaudible
+                self.clock.decay(now)
             self.emit(self.stats())

@@ -15,6 +15,7 @@ from avatar_server.problems import Problem
 from avatar_server.runtime import PipelineHandle
 from avatar_server.session import Session, SessionOptions
 from avatar_server.settings import ServerSettings
+from avatar_server.vad import VoiceWorker
 
 logger = logging.getLogger(__name__)
 
@@ -22,9 +23,11 @@ logger = logging.getLogger(__name__)
 class SessionManager:
     """Owns every live session; refuses new ones beyond `sessions.max_sessions`."""
 
-    def __init__(self, settings: ServerSettings, engine: Engine, handle: PipelineHandle, metrics: Metrics) -> None:
+    def __init__(self, settings: ServerSettings, engine: Engine, voice: VoiceWorker, handle: PipelineHandle,
+                 metrics: Metrics) -> None:
         self.settings = settings
         self.engine = engine
+        self.voice = voice
         self.handle = handle
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
@@ -77,7 +80,7 @@ class SessionManager:
         pc = RTCPeerConnection(config)
         stream_options = self.handle.make_options(
             text=options.text, seed=0, steps=self.settings.model.steps, guidance=options.guidance)
-        session = Session(self.settings, self.engine, pc, options, avatar.reference, avatar.idle, stream_options,
+        session = Session(self.settings, self.engine, self.voice, pc, options, avatar.reference, avatar.idle, stream_options,
                           int(self.handle.pipe.config.sample_rate), self._closed, self.metrics.latency.observe)
 
         @pc.on("connectionstatechange")

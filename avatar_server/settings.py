@@ -56,7 +56,8 @@ class MediaSettings(_Section):
     min_latency_ms: float = Field(default=80.0, gt=0)
     max_latency_ms: float = Field(default=800.0, gt=0, description="latency budget: beyond it, fewer steps, then held frames")
     latency_margin_ms: float = Field(default=40.0, ge=0, description="slack kept above measured lateness")
-    latency_decay_ms_per_s: float = Field(default=5.0, ge=0, description="how fast unused slack is given back")
+    latency_decay_ms_per_s: float = Field(default=100.0, ge=0, description="how fast unused slack is given back "
+                                                                         "(in silence only)")
     av_sync_tolerance_ms: float = Field(default=30.0, gt=0, description="audio resyncs beyond this offset")
     input_jitter_ms: float = Field(default=100.0, ge=0, description="input gap before silence is fed")
     input_lead_ms: float = Field(default=200.0, ge=0, description="audio fed ahead of the wall clock")

@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
 import numpy as np
 import torch
 
 from avatar_server.settings import VADSettings
+
+logger = logging.getLogger(__name__)
 
 VAD_SAMPLE_RATE = 16000
 VAD_WINDOW = 512  # silero-vad takes exactly 512 samples at 16 kHz
@@ -33,7 +41,8 @@ class VoiceActivity:
         """Feed audio; return whether the stream is speaking at its end."""
         audio = np.concatenate([self.rest, pcm.astype(np.float32, copy=False)])
         windows = audio.size // VAD_WINDOW
-        with torch.inference_mode():
+        # no TorchScript profiling re-optimisation: it costs seconds on the first calls of every session
+        with torch.inference_mode(), torch.jit.optimized_execution(False):
             for i in range(windows):
                 chunk = torch.from_numpy(audio[i * VAD_WINDOW:(i + 1) * VAD_WINDOW].copy())
                 probability = float(self.model(chunk, VAD_SAMPLE_RATE))
@@ -80,3 +89,103 @@ class EnergyActivity:
 def make_activity(settings: VADSettings) -> VoiceActivity | EnergyActivity:
     """silero-vad when enabled, else the energy gate."""
     return VoiceActivity(settings) if settings.enabled else EnergyActivity(settings.energy_floor)
+
+
+#################################################################################
+#                                  VAD worker                                   #
+#################################################################################
+
+
+@dataclass
+class _Voice:
+    activity: VoiceActivity | EnergyActivity
+    forward: Callable[[tuple], None]      # to the engine, in order
+    on_voice: Callable[[bool], None]      # speaking changed (called on this thread)
+
+
+class VoiceWorker:
+    """One thread that runs every session's VAD and forwards its audio to the engine, in order.
+
+    Audio and barge-in for a session pass through here, so ("push", pcm, voiced) and ("clear",)
+    reach the engine in the order the session sent them; generation never waits for VAD.
+    """
+
+    def __init__(self, settings: VADSettings) -> None:
+        self.settings = settings
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._voices: dict[str, _Voice] = {}
+        self._thread: threading.Thread | None = None
+
+    @property
+    def active(self) -> int:
+        """Sessions registered (their VAD models are freed on release)."""
+        return len(self._voices)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="omnilive-vad", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(10.0)
+            self._thread = None
+        self._voices.clear()
+
+    def add(self, session_id: str, forward: Callable[[tuple], None], on_voice: Callable[[bool], None]) -> None:
+        self._queue.put((session_id, ("add", forward, on_voice)))
+
+    def push(self, session_id: str, pcm: np.ndarray, detect: bool) -> None:
+        """Audio for the stream; detect=False: known silence (no model call)."""
+        self._queue.put((session_id, ("push", pcm, detect)))
+
+    def clear(self, session_id: str) -> None:
+        """Barge-in: forget the speech state and pass the clear on after the audio before it."""
+        self._queue.put((session_id, ("clear",)))
+
+    def release(self, session_id: str) -> None:
+        self._queue.put((session_id, ("release",)))
+
+    def _run(self) -> None:
+        torch.set_num_threads(1)  # per thread: silero is many tiny ops, extra threads only contend
+        while (item := self._queue.get()) is not None:
+            session_id, command = item
+            try:
+                self._apply(session_id, command)
+            except Exception:  # a failing VAD hurts only its session: its audio counts as unvoiced
+                logger.exception("session %s: VAD failed", session_id)
+                voice = self._voices.get(session_id)
+                if voice is not None and command[0] == "push":
+                    voice.forward(("push", command[1], False))
+
+    def _apply(self, session_id: str, command: tuple) -> None:
+        kind = command[0]
+        if kind == "add":  # load the model now (while ICE connects), not on the first audio
+            self._voices[session_id] = _Voice(make_activity(self.settings), command[1], command[2])
+            return
+        voice = self._voices.get(session_id)
+        if voice is None:
+            return
+        if kind == "release":
+            voice.activity.close()
+            del self._voices[session_id]
+            return
+        speaking = voice.activity.speaking
+        if kind == "push":
+            _, pcm, detect = command
+            if detect:
+                voiced = voice.activity.process(pcm)
+            else:
+                voiced = False
+                if speaking:
+                    voice.activity.reset()
+            voice.forward(("push", pcm, voiced))
+        elif kind == "clear":
+            voiced = False
+            voice.activity.reset()
+            voice.forward(("clear",))
+        else:
+            raise ValueError(f"unknown VAD command {kind!r}")
+        if voiced != speaking:
+            voice.on_voice(voiced)

@@ -150,11 +150,12 @@ async def _resources_freed(state, pipe, session_id: str, timeout: float = 8.0) -
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         tasks = [t for t in asyncio.all_tasks() if t.get_name().startswith(session_id)]
-        if not len(state.manager) and not state.engine.slot_count and not pipe.open_streams and not tasks:
+        if (not len(state.manager) and not state.engine.slot_count and not pipe.open_streams and not tasks
+                and not state.voice.active):
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"session not freed: sessions={len(state.manager)} slots={state.engine.slot_count} "
-                         f"streams={pipe.open_streams} tasks={tasks}")
+                         f"streams={pipe.open_streams} vad={state.voice.active} tasks={tasks}")
 
 
 @pytest.mark.parametrize("how", ["delete", "peer_close", "abrupt", "mid_ice", "duration"])
@@ -175,7 +176,7 @@ async def test_disconnect_frees_session_tasks_and_engine_slot(how: str) -> None:
                 await peer.wait_connected()
                 events = await ws_connect(url.replace("http", "ws") + response.json()["events_url"])
                 await asyncio.sleep(0.8)
-                assert state.engine.slot_count == 1 and pipe.open_streams == 1
+                assert state.engine.slot_count == 1 and pipe.open_streams == 1 and state.voice.active == 1
                 session = state.manager.get(session_id)
                 assert len(session.tasks) >= 3
                 if how == "delete":

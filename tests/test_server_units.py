@@ -15,7 +15,7 @@ from avatar_server.engine import Engine, Slot, SlotCallbacks
 from avatar_server.playout import FrameQueue, PlayoutClock
 from avatar_server.settings import AuthSettings, EngineSettings, MediaSettings, VADSettings
 from avatar_server.testing import FakePipeline, FakeStreamOptions
-from avatar_server.vad import VoiceActivity
+from avatar_server.vad import VoiceWorker
 from model.errors import InputError
 
 SPEECH = Path("/usr/share/sounds/alsa/Front_Center.wav")
@@ -100,16 +100,14 @@ class Collector:
             self.chunks.append((frames, times, epoch, steps))
             self.got.set()
 
-        return SlotCallbacks(on_chunk=on_chunk, on_voice=lambda v: None,
-                             on_skip=lambda n: setattr(self, "skipped", self.skipped + n),
+        return SlotCallbacks(on_chunk=on_chunk, on_skip=lambda n: setattr(self, "skipped", self.skipped + n),
                              deadline=lambda t: time.monotonic() + self.deadline_offset,
                              frames_buffered=lambda: 0, on_error=lambda d, fatal: self.errors.append(d))
 
 
 def make_slot(pipe: FakePipeline, collector: Collector, name: str = "s") -> Slot:
     reference = pipe.encode_reference(np.zeros((64, 64, 3), np.uint8))
-    return Slot(session_id=name, reference=reference, options=FakeStreamOptions(),
-                make_activity=lambda: VoiceActivity(VADSettings()), callbacks=collector.callbacks())
+    return Slot(session_id=name, reference=reference, options=FakeStreamOptions(), callbacks=collector.callbacks())
 
 
 def test_engine_batches_sessions_and_keeps_session_time_across_clear() -> None:
@@ -157,15 +155,33 @@ def test_engine_uses_fewer_steps_then_holds_frames_when_late() -> None:
     assert engine._plan([slots[2]]) == ([slots[2]], 1)            # the fresh chunk runs, as fast as it can
 
 
-def test_vad_tells_speech_from_silence() -> None:
+def test_vad_worker_gates_speech_and_keeps_push_clear_order() -> None:
     if not SPEECH.is_file():
         pytest.skip("alsa-utils speech sample not installed")
     from model.media import load_audio
 
     speech = load_audio(SPEECH, 16000)
-    vad = VoiceActivity(VADSettings())
-    flags = [vad.process(block) for block in np.array_split(speech, speech.size // 320)]
-    assert any(flags)
-    vad.reset()
     quiet = np.random.default_rng(0).normal(0, 1e-3, 16000).astype(np.float32)
-    assert not any(vad.process(block) for block in np.array_split(quiet, 50))
+    forwarded: list[tuple] = []
+    changes: list[bool] = []
+    worker = VoiceWorker(VADSettings())
+    worker.start()
+    try:
+        worker.add("s", forwarded.append, changes.append)
+        for block in np.array_split(speech, speech.size // 320):
+            worker.push("s", block, True)
+        worker.clear("s")
+        for block in np.array_split(quiet, 50):
+            worker.push("s", block, True)
+        worker.release("s")
+        deadline = time.monotonic() + 20
+        while worker.active and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        worker.stop()
+    kinds = [c[0] for c in forwarded]
+    split = kinds.index("clear")
+    assert split == speech.size // 320 and kinds.count("clear") == 1
+    assert any(c[2] for c in forwarded[:split])                        # speech is voiced
+    assert not any(c[2] for c in forwarded[split + 1:])                # noise after the barge-in is not
+    assert changes[0] is True and changes[-1] is False and worker.active == 0
