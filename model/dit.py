@@ -395,19 +395,18 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
             raise ValueError(f"{t} frames leave no chunk frames after {r} reference + {m} context")
         gh, gw = self._grid(latents)
         h, w = latents.shape[-2:]
-        pose_features = self._pose_features(pose, drop_pose)
-        if pose_features is not None:
+        conditioning = self.embed_conditions(b, f, audio, pose, text, drop_audio, drop_text, drop_pose)
+        pose_features = conditioning.pose
+        if pose_features is not None:  # reference and context frames get no pose: zeros
             free = pose_features.new_zeros(b, r + m, *pose_features.shape[2:])
             pose_features = torch.cat([free, pose_features], dim=1)
         x = self._embed(latents, pose_features)  # [B, T, N, D]
         temb = self.t_embedder(timesteps)  # [B, T, D]
-        chunk_cond = temb[:, r + m:] + self._text_embedding(text, drop_text, b)[:, None]
-        cond = torch.cat([temb[:, : r + m], chunk_cond], dim=1)
-        audio_tokens = self._audio_tokens(audio, drop_audio, b, f)
+        cond = torch.cat([temb[:, : r + m], temb[:, r + m:] + conditioning.text[:, None]], dim=1)
         rope = self.rope(self._positions(r, m, f, latents.device), gh, gw)
         mask = block_causal_mask(r, m, f, gh * gw, latents.device)
         for block in self.blocks:
-            x, _ = self._run_block(block, x, cond, rope, None, mask, audio_tokens)
+            x, _ = self._run_block(block, x, cond, rope, None, mask, conditioning.audio)
         return self._unpatchify(self.final_layer(x, cond), h, w)
 
     # ------------------------------------------------------------------ cached path
