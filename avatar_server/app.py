@@ -389,19 +389,22 @@ def _add_misc_routes(app: FastAPI, state: ServerState, key_only: Any) -> None:
 
 
 async def _open_socket(state: ServerState, ws: WebSocket, session_id: str) -> Session | None:
-    """Auth (`?token=` or Bearer) and session lookup before accepting; None when refused."""
+    """Auth (`?token=` or Bearer) and session lookup; refusals are accepted and closed with a code
+    (4401 unauthorized, 4404 unknown session) that browsers can read. None when refused."""
     credential = ws.query_params.get("token") or bearer(ws.headers.get("authorization"))
+    session = state.manager.sessions.get(session_id)
     try:
         state.auth.check(credential)
     except Problem:
-        await ws.close(code=WS_UNAUTHORIZED, reason="unauthorized")
-        return None
-    session = state.manager.sessions.get(session_id)
-    if session is None or session.closed:
-        await ws.close(code=WS_NOT_FOUND, reason="unknown session")
-        return None
+        code, reason = WS_UNAUTHORIZED, "unauthorized"
+    else:
+        if session is not None and not session.closed:
+            await ws.accept()
+            return session
+        code, reason = WS_NOT_FOUND, "unknown session"
     await ws.accept()
-    return session
+    await ws.close(code=code, reason=reason)
+    return None
 
 
 def _error(code: str, detail: str) -> dict[str, Any]:
@@ -475,8 +478,9 @@ def _add_socket_routes(app: FastAPI, state: ServerState) -> None:
             return
         decoder = PCM16Decoder(int(rate_text), session.rate)
         limiter = RateLimiter(limits.max_ws_messages_per_s, limits.ws_burst)
+        closer = asyncio.create_task(_close_when_ended(ws, session))
         try:
-            while not session.closed:
+            while True:
                 message = await ws.receive()
                 if message["type"] == "websocket.disconnect":
                     break
@@ -484,10 +488,18 @@ def _add_socket_routes(app: FastAPI, state: ServerState) -> None:
                 reply = _error(reply, "message dropped") if reply else _handle_audio(session, decoder, message)
                 if reply is not None:
                     await ws.send_json(reply)
-            else:
-                await ws.close()
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: closed by _close_when_ended meanwhile
             pass
+        finally:
+            closer.cancel()
+            await asyncio.gather(closer, return_exceptions=True)
+
+
+async def _close_when_ended(ws: WebSocket, session: Session) -> None:
+    """Close a session's audio socket when the session ends."""
+    await session.ended.wait()
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await ws.close()
 
 
 async def _send_events(ws: WebSocket, queue: asyncio.Queue) -> None:

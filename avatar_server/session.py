@@ -69,6 +69,7 @@ class Session:
         self.interrupted_at: float | None = None
         self.speaking = False
         self.connected = asyncio.Event()
+        self.ended = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
         self.listeners: set[asyncio.Queue] = set()
         self._had_listener = False
@@ -157,6 +158,7 @@ class Session:
         self.frames.clear()
         self.inbox.clear()
         self._set_state("closed")
+        self.ended.set()
         for queue in list(self.listeners):
             self.offer(queue, None)
         self._on_closed(self, reason)

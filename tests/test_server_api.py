@@ -14,7 +14,7 @@ import pytest
 from aiortc import RTCPeerConnection
 from PIL import Image
 from websockets.asyncio.client import connect as ws_connect
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed
 
 from avatar_server.commands import serve
 from avatar_server.settings import load_settings
@@ -50,6 +50,14 @@ def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
             + chunk(b"IEND", b""))
+
+
+async def closed_with(ws_url: str) -> int:
+    """The close code a refused WebSocket gets."""
+    async with ws_connect(ws_url) as ws:
+        with pytest.raises(ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 5)
+    return closed.value.rcvd.code
 
 
 def assert_problem(response: httpx.Response, status: int) -> dict:
@@ -156,9 +164,7 @@ async def test_api_keys_and_session_tokens() -> None:
         pc, sdp = await make_offer()
         answer = (await http.post("/v1/sessions", json={"sdp": sdp}, headers=token)).json()
         ws_url = url.replace("http", "ws") + answer["events_url"]
-        with pytest.raises(InvalidStatus):
-            async with ws_connect(ws_url):
-                pass
+        assert await closed_with(ws_url) == 4401
         async with ws_connect(f"{ws_url}?token={answer['token']}") as events:
             assert json.loads(await events.recv()) == {"type": "state", "state": "connecting"}
         await pc.close()
@@ -197,10 +203,12 @@ async def test_bad_socket_messages_get_error_events_and_the_session_lives_on() -
             await audio.send(json.dumps({"type": "flush"}))
         async with ws_connect(base + "/audio?sample_rate=12") as audio:
             assert json.loads(await audio.recv())["code"] == "bad_sample_rate"
-        with pytest.raises(InvalidStatus):
-            async with ws_connect(url.replace("http", "ws") + "/v1/sessions/nope/events"):
-                pass
+        assert await closed_with(url.replace("http", "ws") + "/v1/sessions/nope/events") == 4404
         assert (await http.get(f"/v1/sessions/{answer['session_id']}")).status_code == 200
+        async with ws_connect(base + "/audio") as audio:   # ending the session closes its sockets
+            assert (await http.delete(f"/v1/sessions/{answer['session_id']}")).status_code == 204
+            with pytest.raises(ConnectionClosed):
+                await asyncio.wait_for(audio.recv(), 5)
         await pc.close()
 
 
