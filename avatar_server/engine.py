@@ -14,6 +14,7 @@ import logging
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -122,6 +123,7 @@ class Engine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnilive-open")
         self.error: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -137,6 +139,7 @@ class Engine:
         """Stop the worker after it closes every stream it still holds."""
         self._stop.set()
         self._wake.set()
+        self._opener.shutdown(wait=True, cancel_futures=True)
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
@@ -153,10 +156,25 @@ class Engine:
     # ------------------------------------------------------------------ loop-side API
 
     def add(self, slot: Slot) -> None:
-        """Register a session; its stream is opened by the worker."""
+        """Register a session. Its stream is opened on a side thread (it runs the reference through
+        the model), so a joining session does not stall the others; its commands wait until then."""
         with self._lock:
             self._slots[slot.session_id] = slot
-        self.submit(slot, ("open",))
+        self._opener.submit(self._open, slot)
+
+    def _open(self, slot: Slot) -> None:
+        try:
+            stream = self.pipe.open_stream(slot.reference, slot.options)
+        except Exception as error:
+            logger.exception("session %s: opening the stream failed", slot.session_id)
+            slot.callbacks.on_error(f"opening the stream failed: {error}", True)
+            return
+        with self._lock:
+            if slot.closed:
+                stream.close()
+            else:
+                slot.stream = stream
+        self._wake.set()
 
     def submit(self, slot: Slot, command: tuple) -> None:
         """Queue a command for the worker: ("push", pcm, voiced), ("clear",), ("text", t), ("pose", kp), ("close",)."""
@@ -203,13 +221,15 @@ class Engine:
         with self._lock:
             slots = list(self._slots.values())
         for slot in slots:
+            if slot.stream is None and not slot.closed:
+                continue  # still opening: its commands wait
             while slot.commands:
                 command = slot.commands.popleft()
                 try:
                     self._apply(slot, command)
                 except Exception as error:  # a bad command hurts only its session
                     logger.exception("session %s: command %s failed", slot.session_id, command[0])
-                    slot.callbacks.on_error(f"{command[0]} failed: {error}", command[0] == "open")
+                    slot.callbacks.on_error(f"{command[0]} failed: {error}", False)
                 if slot.released.is_set():
                     break
 
@@ -219,8 +239,6 @@ class Engine:
             self._release(slot)
         elif slot.closed:
             return
-        elif kind == "open":
-            slot.stream = self.pipe.open_stream(slot.reference, slot.options)
         elif kind == "push":
             _, pcm, voiced = command
             slot.stream.push_audio(pcm, voiced=voiced)
@@ -244,15 +262,16 @@ class Engine:
         slot.fresh = True
 
     def _release(self, slot: Slot) -> None:
-        """Free the stream and VAD of a session and drop its slot (worker thread or after stop)."""
+        """Free the stream of a session and drop its slot (worker thread or after stop)."""
         if slot.released.is_set():
             return
-        slot.closed = True
+        with self._lock:  # the opener thread checks `closed` under the same lock
+            slot.closed = True
+            stream, slot.stream = slot.stream, None
         try:
-            if slot.stream is not None:
-                slot.stream.close()
+            if stream is not None:
+                stream.close()
         finally:
-            slot.stream = None
             slot.commands.clear()
             with self._lock:
                 self._slots.pop(slot.session_id, None)
