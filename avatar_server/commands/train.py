@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-resume", action="store_true", help="start from scratch even if checkpoints exist")
     parser.add_argument("--until", type=int, metavar="STEP",
                         help="stop at this global step with a checkpoint (resume later with the same command)")
+    parser.add_argument("--export", metavar="DIR", nargs="?", const="",
+                        help="do not train: write the newest checkpoint's EMA weights as a pipeline folder "
+                             "(DIR, default: the config's export_dir)")
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP; gloo on CPU)")
     parser.add_argument("--device", help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     parser.add_argument("--json", action="store_true", help="print the final figures as one JSON object")
@@ -73,6 +76,19 @@ def run(args: argparse.Namespace) -> int:
     config = load_train_config(args.config, overrides)
     if args.nproc < 1:
         raise InputError("--nproc must be >= 1")
+    if args.export is not None:
+        if not isinstance(config, DitTrainConfig):
+            raise InputError("--export applies to DiT training configs (kind: dit)")
+        from model.train.export import export_latest
+        try:
+            result = export_latest(config, Path(args.export) if args.export else None)
+        except FileNotFoundError as error:
+            raise InputError(str(error)) from error
+        if args.json:
+            sys.stdout.write(json.dumps(result) + "\n")
+        else:
+            logger.info("exported: %s", result)
+        return 0
     logger.info("training %s (%s) -> %s", args.config, config.kind, config.run.output_dir)
     result_path = f"{config.run.output_dir}/result.json"
     Path(config.run.output_dir).mkdir(parents=True, exist_ok=True)

@@ -85,6 +85,8 @@ class VaeTrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     loss: VaeLossConfig = VaeLossConfig()
     crop: int = Field(128, description="square training crop in pixels (frames are resized to the model size first)")
+    init_from: str | None = Field(None, description="start from this trained VAE folder instead of random weights")
+    freeze_encoder: bool = Field(False, description="train the decoder only: latents (and caches built on them) stay valid")
 
 
 class StageConfig(_Strict):

@@ -162,8 +162,14 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     torch.manual_seed(config.run.seed)
-    vae = FrameVAE.from_config(model_config.vae).to(ctx.device)
+    if config.init_from:
+        vae = FrameVAE.from_pretrained(config.init_from, device=ctx.device)
+    else:
+        vae = FrameVAE.from_config(model_config.vae).to(ctx.device)
     vae.train()
+    if config.freeze_encoder:
+        vae.autoencoder.encoder.requires_grad_(False)
+        vae.autoencoder.encoder.eval()
     unit = 2 ** (len(model_config.vae.encoder_block_out_channels) - 1) * model_config.dit.patch_size
     area = model_config.video.height * model_config.video.width
     root = Path(config.data.root)
@@ -195,7 +201,8 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, config.optim, config.run.steps)
         with autocast(ctx.device, config.run.mixed_precision):
-            latents = net.encoder(pixels)
+            with torch.set_grad_enabled(not config.freeze_encoder):
+                latents = net.encoder(pixels)
             recon = net.decoder(latents).float()
         loss, parts = reconstruction_loss(recon, pixels, weights, latents.float(), config.loss)
         optimizer.zero_grad(set_to_none=True)
@@ -219,8 +226,11 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
     if ctx.is_main and not result:
         ema.copy_to(vae.autoencoder)
         vae.eval()
-        shift, scale = fit_latent_scaling(vae, pool)
-        vae.autoencoder.register_to_config(shift_factor=shift, scaling_factor=scale)
+        if config.freeze_encoder:  # latents unchanged: keep the scaling the encoder was trained with
+            shift, scale = vae.shift_factor, vae.scaling_factor
+        else:
+            shift, scale = fit_latent_scaling(vae, pool)
+            vae.autoencoder.register_to_config(shift_factor=shift, scaling_factor=scale)
         result = {"steps": config.run.steps, "train_clips": len(train_entries), "heldout_clips": len(heldout_entries),
                   "train_frames": len(pool), "shift_factor": shift, "scaling_factor": scale,
                   "wall_s": round(time.monotonic() - began, 1), **heldout_psnr(vae, heldout)}

@@ -1,0 +1,49 @@
+"""Write a trained DiT (EMA weights) + the trained VAE as an AvatarPipeline folder (what from_pretrained reads)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from model.config import ModelConfig, load_model_config
+from model.dit import OmniHumanDiT
+from model.pipeline import AvatarPipeline
+from model.train.checkpoint import latest_checkpoint
+from model.train.config import DitTrainConfig
+from model.vae import FrameVAE
+
+logger = logging.getLogger(__name__)
+
+TRAINING_FILE = "training.json"
+
+
+def export_pipeline(dit: OmniHumanDiT, vae_dir: Path, model_config: ModelConfig, export_dir: Path,
+                    config: DitTrainConfig, info: dict | None = None) -> Path:
+    """Save dit + vae + pipeline.json into export_dir, plus training.json (recipe and run figures)."""
+    pipe = AvatarPipeline(model_config, dit.eval(), FrameVAE.from_pretrained(vae_dir))
+    pipe.save_pretrained(export_dir)
+    vae_metrics = vae_dir / "metrics.json"
+    record = {"train_config": config.model_dump(mode="json"), **(info or {}),
+              "vae": json.loads(vae_metrics.read_text()) if vae_metrics.is_file() else None}
+    (export_dir / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    logger.info("exported pipeline to %s", export_dir)
+    return export_dir
+
+
+def export_latest(config: DitTrainConfig, export_dir: Path | None = None) -> dict:
+    """Export the EMA weights of the newest checkpoint of a run (training stopped early, or resumed later)."""
+    found = latest_checkpoint(Path(config.run.output_dir) / "checkpoints")
+    if found is None:
+        raise FileNotFoundError(f"no checkpoint under {config.run.output_dir}/checkpoints")
+    model_config = load_model_config(config.model)
+    dit = OmniHumanDiT(**model_config.dit_kwargs())
+    weights = found / "ema.safetensors"
+    dit.load_state_dict(load_file(str(weights if weights.is_file() else found / "model.safetensors")))
+    state = json.loads((found / "state.json").read_text())
+    target = Path(export_dir or config.export_dir or Path(config.run.output_dir) / "pipeline")
+    export_pipeline(dit, Path(config.vae), model_config, target, config,
+                    {"checkpoint": str(found), "steps_trained": state["step"], "weights": "ema"})
+    return {"export_dir": str(target), "steps_trained": state["step"]}
