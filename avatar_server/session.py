@@ -1,8 +1,8 @@
 """One live avatar session: its peer connection, audio feed, engine slot, tracks and events.
 
 However a session ends (DELETE, peer failed/closed, events socket gone, duration limit, server
-shutdown) `close()` frees everything it holds: tasks, engine slot (stream caches, VAD), tracks and
-the peer connection.
+shutdown) `close()` frees everything it holds: tasks, VAD model, engine slot (stream caches),
+tracks and the peer connection.
 """
 
 from __future__ import annotations
@@ -51,8 +51,7 @@ class Session:
     """A live avatar session; create with SessionManager.create()."""
 
     def __init__(self, settings: ServerSettings, engine: Engine, voice: VoiceWorker, pc: RTCPeerConnection,
-                 options: SessionOptions,
-                 reference: Any, idle: np.ndarray, stream_options: Any, sample_rate: int,
+                 options: SessionOptions, reference: Any, idle: np.ndarray, stream_options: Any, sample_rate: int,
                  on_closed: Callable[["Session", str], None], on_latency: Callable[[float], None]) -> None:
         self.id = "s_" + secrets.token_hex(8)
         self.settings = settings
@@ -95,8 +94,9 @@ class Session:
         self.slot = Slot(
             session_id=self.id, reference=reference, options=stream_options,
             callbacks=SlotCallbacks(
-                on_chunk=self._threadsafe(self._on_chunk), on_skip=self._threadsafe(self._on_skip), deadline=self.clock.wall_time,
-                frames_buffered=lambda: len(self.frames), on_error=self._threadsafe(self._on_engine_error)),
+                on_chunk=self._threadsafe(self._on_chunk), on_skip=self._threadsafe(self._on_skip),
+                deadline=self.clock.wall_time, frames_buffered=lambda: len(self.frames),
+                on_error=self._threadsafe(self._on_engine_error)),
         )
         self.skipped_frames = 0
         self.fps = self.generated_fps = 0.0  # frames sent / freshly generated frames shown, per second
@@ -107,8 +107,6 @@ class Session:
         """Join the engine and start the feeder, stats and lifetime tasks."""
         self.engine.add(self.slot)
         self.voice.add(self.id, lambda command: self.engine.submit(self.slot, command), self._threadsafe(self._on_voice))
-        if self.options.text:
-            self.engine.submit(self.slot, ("text", self.options.text))
         self.spawn(self._feed(), "feed")
         self.spawn(self._stats(), "stats")
         self.spawn(self._lifetime(), "lifetime")

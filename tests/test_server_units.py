@@ -118,6 +118,9 @@ def test_engine_batches_sessions_and_keeps_session_time_across_clear() -> None:
     for slot in slots:
         engine.add(slot)
         engine.submit(slot, ("push", np.zeros(3200, np.float32), False))   # 5 frames: one chunk + look-ahead
+    deadline = time.monotonic() + 5
+    while any(slot.stream is None for slot in slots) and time.monotonic() < deadline:  # opened on a side thread
+        time.sleep(0.01)
     engine.start()
     try:
         assert all(c.got.wait(5) for c in collectors)
