@@ -101,7 +101,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         frame = self.frames.take(playing)
         if frame is not None:
             self._current, self._fade_from = frame, None
-        elif self._current is not None and self._current.audio_time < playing - self.frame_s:
+        elif self._current is not None and self._current.audio_time < playing - self.frames.frame_s:
             self.counters.frames_held += 1
         image = self._current.image if self._current is not None else self._idle_image()
 

@@ -193,3 +193,20 @@ async def test_disconnect_frees_session_tasks_and_engine_slot(how: str) -> None:
             metrics = (await http.get(f"{url}/metrics")).text
             assert f'omnilive_sessions_ended_total{{reason="{reasons[how]}"}} 1.0' in metrics
         await peer.close()
+
+
+async def test_requested_fps_and_size_are_honoured() -> None:
+    async with fake_server() as (url, state):
+        peer = AvatarPeer(url, mic=tone_bursts(4.0), options={"fps": 15, "width": 192})
+        async with httpx.AsyncClient() as http:
+            assert (await peer.connect(http)).status_code == 201
+            await peer.wait_connected()
+            await asyncio.sleep(3.5)
+        await peer.close()
+    frames = peer.received.video
+    assert {img.shape for _, _, img in frames} == {(192, 192, 3)}
+    arrivals = np.array([t for t, _, _ in frames])
+    window = arrivals[arrivals > arrivals[0] + 1.0]
+    fps = (len(window) - 1) / (window[-1] - window[0])
+    assert abs(fps - 15) <= 1.5, f"delivered {fps:.1f} fps"
+    assert any(read_mouth(img) > 0.5 for _, _, img in frames)
