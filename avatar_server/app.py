@@ -167,13 +167,13 @@ def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine.start(_torch_threads(settings))
-        voice.start()
         default = settings.path(settings.default_avatar)
         try:
             await state.avatars.add(default.read_bytes(), "default", avatar_id=DEFAULT_AVATAR_ID, builtin=True)
         except (OSError, Problem) as error:
             raise InputError(f"default avatar {default} is unusable: {error}") from error
+        engine.start(_torch_threads(settings))
+        voice.start()
         state.ready = True
         logger.info("omnilive server ready: model %s, up to %d sessions", handle.source, settings.sessions.max_sessions)
         try:
@@ -192,7 +192,8 @@ def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
-                           allow_headers=["Authorization", "Content-Type"], expose_headers=["Location", "Retry-After", "Link"])
+                           allow_headers=["Authorization", "Content-Type"],
+                           expose_headers=["Location", "Retry-After", "Link"])
 
     def authorized(request: Request) -> None:
         state.auth.check(bearer(request.headers.get("authorization")))
