@@ -294,7 +294,8 @@ class Engine:
         return slot.callbacks.deadline(slot.next_time) - self.settings.deadline_margin_ms / 1000.0
 
     def _plan(self, batch: list[Slot]) -> tuple[list[Slot], int]:
-        """Steps for this batch; sessions too late even at min_steps drop their backlog (held frames).
+        """Steps for this batch: the most that meet the first deadline and keep up with real time.
+        Sessions too late even at min_steps drop their backlog (held frames).
 
         A session that just dropped its backlog (`fresh`) holds the newest audio there is: it is
         generated as fast as possible, late or not, so a slow device still shows fresh frames.
@@ -305,8 +306,9 @@ class Engine:
         while run:
             deadline = min(self._deadline(s) for s in run)
             steps = self.max_steps
-            while steps > self.min_steps and now + self.cost.estimate(len(run), steps) > deadline:
-                steps -= 1
+            while steps > self.min_steps and (now + self.cost.estimate(len(run), steps) > deadline
+                                              or self.cost.estimate(len(run), steps) > chunk_s):
+                steps -= 1  # late for this chunk, or slower than real time (the backlog would grow)
             stale = [s for s in run if not s.fresh]
             if now + self.cost.estimate(len(run), steps) <= deadline + chunk_s or not stale:
                 return run, steps

@@ -145,17 +145,19 @@ def test_engine_batches_sessions_and_keeps_session_time_across_clear() -> None:
 def test_engine_uses_fewer_steps_then_holds_frames_when_late() -> None:
     pipe = FakePipeline()
     engine = Engine(pipe, EngineSettings(min_steps=1, deadline_margin_ms=0), steps=4)
-    engine.cost.update(batch=1, steps=4, seconds=0.4)             # 100 ms per step
-    on_time, tight, late = Collector(1.0), Collector(0.25), Collector(-0.5)
+    engine.cost.update(batch=1, steps=4, seconds=0.12)            # 30 ms per step: 4 steps keep up (160 ms chunks)
+    on_time, tight, late = Collector(1.0), Collector(0.07), Collector(-0.5)
     slots = [make_slot(pipe, c, n) for c, n in ((on_time, "a"), (tight, "b"), (late, "c"))]
     for slot in slots:
         slot.stream = pipe.open_stream(slot.reference)
         slot.next_time = 0.0
     assert engine._plan([slots[0]]) == ([slots[0]], 4)
-    assert engine._plan([slots[1]]) == ([slots[1]], 2)            # 2 steps fit in 250 ms
+    assert engine._plan([slots[1]]) == ([slots[1]], 2)            # 2 steps fit in 70 ms
     assert engine._plan([slots[2]]) == ([], 4)                    # hopeless: backlog dropped, frames held
     assert late.skipped > 0 and slots[2].fresh
     assert engine._plan([slots[2]]) == ([slots[2]], 1)            # the fresh chunk runs, as fast as it can
+    engine.cost.update(batch=1, steps=4, seconds=1.2)             # now slower than real time at 4 and 2 steps
+    assert engine._plan([slots[0]])[1] == 1                       # fewer steps before the backlog grows
 
 
 def test_vad_worker_gates_speech_and_keeps_push_clear_order() -> None:
