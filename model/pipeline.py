@@ -18,13 +18,13 @@ from PIL import Image
 from model.conditioning.audio import AudioFeatureBuffer, LocalAudioEncoder
 from model.conditioning.heatmaps import NUM_HEATMAP_CHANNELS, render_heatmaps
 from model.conditioning.text import TextEncoder
+from model.conditioning.vad import SpeechGate, voiced_frames  # SpeechGate: the server's VAD, via the pipeline
 from model.config import ModelConfig, load_model_config
 from model.data.keypoints import NUM_KEYPOINTS
 from model.dit import OmniHumanDiT
 from model.errors import InputError
 from model.flow import Guidance
 from model.streaming import ChunkConditions, StreamingSampler, StreamState
-from model.train.features import voiced_frames
 from model.vae import FrameVAE
 
 logger = logging.getLogger(__name__)
