@@ -197,7 +197,6 @@ class Session:
         """Queue input audio (mic or WS); False when the pending-audio limit is reached."""
         if self.closed:
             return False
-        self._last_input = time.monotonic()
         return self.inbox.put(pcm)
 
     def flush(self) -> None:
@@ -237,6 +236,7 @@ class Session:
             room = due + lead - self.history.end
             if room > 0 and self.inbox.size:
                 self._push(self.inbox.take(room), now, detect=True)
+                self._last_input = now  # input audio is being fed (played), not just queued
             floor = due if self._flush and not self.inbox.size else due - jitter
             if self.history.end < floor:
                 self._push(np.zeros(floor - self.history.end, np.float32), now, detect=False)
