@@ -6,6 +6,7 @@ import csv
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -102,3 +103,17 @@ def test_two_process_ddp_replicas_stay_identical(setup: dict[str, Path], tmp_pat
     a = load_file(str(tmp_path / "ddp" / "checkpoints" / "step-0000004" / "model.safetensors"))
     b = load_file(str(single / "checkpoints" / "step-0000004" / "model.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a)  # the second process's samples mattered
+
+
+def test_export_writes_a_pipeline_that_renders(setup: dict[str, Path], tmp_path: Path) -> None:
+    """`train --export` turns a run's newest checkpoint (EMA weights) into a folder AvatarPipeline loads."""
+    from model.pipeline import AvatarPipeline
+
+    assert main(_args(setup, tmp_path / "run", 5, "--until", "3")) == 0
+    assert main(_args(setup, tmp_path / "run", 5, "--export", str(tmp_path / "pipe"))) == 0
+    record = json.loads((tmp_path / "pipe" / "training.json").read_text())
+    assert record["steps_trained"] == 3 and record["weights"] == "ema"
+    pipe = AvatarPipeline.from_pretrained(tmp_path / "pipe")
+    frames = pipe.render(np.full((64, 64, 3), 128, np.uint8), np.zeros(8000, np.float32), seed=0)
+    assert frames.shape == (13, 64, 64, 3)
+    assert main(_args(setup, tmp_path / "empty", 5, "--export")) == 2  # nothing trained yet: a clear error

@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--export", metavar="DIR", nargs="?", const="",
                         help="do not train: write the newest checkpoint's EMA weights as a pipeline folder "
                              "(DIR, default: the config's export_dir)")
+    parser.add_argument("--from", dest="export_from", metavar="CHECKPOINT",
+                        help="with --export: this checkpoint folder (runs/NAME/checkpoints/step-N) instead of the newest")
     parser.add_argument("--nproc", type=int, default=1, help="processes on this machine (DDP; gloo on CPU)")
     parser.add_argument("--device", help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     parser.add_argument("--json", action="store_true", help="print the final figures as one JSON object")
@@ -81,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
             raise InputError("--export applies to DiT training configs (kind: dit)")
         from model.train.export import export_latest
         try:
-            result = export_latest(config, Path(args.export) if args.export else None)
+            result = export_latest(config, Path(args.export) if args.export else None,
+                                   Path(args.export_from) if args.export_from else None)
         except FileNotFoundError as error:
             raise InputError(str(error)) from error
         if args.json:

@@ -33,11 +33,11 @@ def export_pipeline(dit: OmniHumanDiT, vae_dir: Path, model_config: ModelConfig,
     return export_dir
 
 
-def export_latest(config: DitTrainConfig, export_dir: Path | None = None) -> dict:
-    """Export the EMA weights of the newest checkpoint of a run (training stopped early, or resumed later)."""
-    found = latest_checkpoint(Path(config.run.output_dir) / "checkpoints")
-    if found is None:
-        raise FileNotFoundError(f"no checkpoint under {config.run.output_dir}/checkpoints")
+def export_latest(config: DitTrainConfig, export_dir: Path | None = None, checkpoint: Path | None = None) -> dict:
+    """Export the EMA weights of `checkpoint`, by default the newest of the run (stopped early, or a stage end)."""
+    found = checkpoint or latest_checkpoint(Path(config.run.output_dir) / "checkpoints")
+    if found is None or not (found / "state.json").is_file():
+        raise FileNotFoundError(f"no checkpoint {'at ' + str(checkpoint) if checkpoint else 'under ' + config.run.output_dir + '/checkpoints'}")
     model_config = load_model_config(config.model)
     dit = OmniHumanDiT(**model_config.dit_kwargs())
     weights = found / "ema.safetensors"
