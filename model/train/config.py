@@ -118,6 +118,7 @@ class SampleConfig(_Strict):
     reference_min_gap: int = Field(25, ge=0, description="frames between the reference and the sample window")
     reference_other_clip_prob: float = Field(0.3, ge=0.0, le=1.0, description="take the reference from another clip of the identity")
     vad_gate_prob: float = Field(0.5, ge=0.0, le=1.0, description="gate unvoiced frames to silence, as the server's VAD does")
+    mouth_loss_weight: float = Field(1.0, ge=1.0, description="loss weight of latent cells at the lips (from the lips heatmap); 1 = uniform")
     stream_start_prob: float = Field(0.1, ge=0.0, le=1.0, description="context filled with the reference latent, as at stream start")
 
 

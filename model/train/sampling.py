@@ -14,7 +14,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
+from model.conditioning.heatmaps import HEATMAP_CHANNEL_NAMES
 from model.flow import add_noise, sample_timesteps
 from model.train.cache import CachedClip
 from model.train.config import SampleConfig, StageConfig
@@ -37,6 +39,7 @@ class Batch:
     drop_text: torch.Tensor     # [B] bool
     num_reference: int
     num_context: int
+    cell_weight: torch.Tensor | None = None  # [B, F, 1, h, w] loss weight of chunk latent cells (mouths up-weighted)
 
     def to(self, device: torch.device) -> "Batch":
         """The same batch on `device`."""
@@ -77,6 +80,7 @@ class StreamingSampleBuilder:
                             next((c.audio.shape[1:] for c in usable if c.audio is not None), None))
         self.pose_channels = next((c.pose.shape[1] for c in usable if c.pose is not None), 0)
         self.text_dim = first.text.shape[0]
+        self.lips_channel = HEATMAP_CHANNEL_NAMES.index("lips")
 
     # ---------------------------------------------------------------- pieces
 
@@ -114,6 +118,14 @@ class StreamingSampleBuilder:
         voiced = torch.where(inside, clip.voiced[source.clamp(0, clip.frames - 1)], torch.ones_like(inside))
         return torch.where(voiced[..., None, None], windows, self.silence.to(windows.dtype))
 
+    def _cell_weight(self, clip: CachedClip, chunk_index: torch.Tensor) -> torch.Tensor:
+        """[F, 1, h, w]: 1, rising to mouth_loss_weight on the latent cells around the lips (3x3 grown)."""
+        if clip.pose is None:
+            return torch.ones(self.f, 1, *clip.grid)
+        lips = clip.pose[chunk_index, self.lips_channel][:, None]  # [F, 1, h, w] heatmap in 0..1
+        lips = F.max_pool2d(lips, kernel_size=3, stride=1, padding=1)
+        return 1.0 + (self.sample.mouth_loss_weight - 1.0) * lips
+
     # ---------------------------------------------------------------- batch
 
     def build(self, batch_size: int, stage: StageConfig, g: torch.Generator) -> Batch:
@@ -141,6 +153,8 @@ class StreamingSampleBuilder:
             if self.pose_channels:
                 rows["pose"].append(clip.pose[chunk_index] if clip.pose is not None else
                                     torch.zeros(self.f, self.pose_channels, *clip.grid))
+            if self.sample.mouth_loss_weight > 1.0:
+                rows["cell_weight"].append(self._cell_weight(clip, chunk_index))
             rows["clean"].append(torch.cat([reference, context, chunk]))
             rows["context_t"].append(self._context_times(g))
             rows["text"].append(clip.text)
@@ -158,4 +172,5 @@ class StreamingSampleBuilder:
             pose=torch.stack(rows["pose"]) if self.pose_channels else None, text=torch.stack(rows["text"]),
             drop_audio=torch.tensor(rows["drop_audio"]), drop_pose=torch.tensor(rows["drop_pose"]),
             drop_text=torch.tensor(rows["drop_text"]), num_reference=self.r, num_context=self.m,
+            cell_weight=torch.stack(rows["cell_weight"]) if rows["cell_weight"] else None,
         )

@@ -15,7 +15,7 @@ from model.config import load_model_config
 from model.data import format as fmt
 from model.dit import OmniHumanDiT
 from model.errors import InputError
-from model.flow import flow_loss
+from model.flow import flow_loss, velocity_target
 from model.train.cache import build_cache, load_cache
 from model.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from model.train.config import DitTrainConfig
@@ -60,7 +60,11 @@ def compute_loss(model: torch.nn.Module, batch: Batch, device: torch.device, pre
     """Flow-matching loss on the chunk frames only (reference and context carry weight 0)."""
     with autocast(device, precision):
         velocity = model(**batch.model_inputs())
-    return flow_loss(velocity.float(), batch.clean, batch.noise, batch.loss_weight)
+    if batch.cell_weight is None:
+        return flow_loss(velocity.float(), batch.clean, batch.noise, batch.loss_weight)
+    start = batch.num_reference + batch.num_context
+    err = (velocity.float()[:, start:] - velocity_target(batch.clean, batch.noise)[:, start:]).pow(2).mean(2, keepdim=True)
+    return (err * batch.cell_weight).sum() / batch.cell_weight.sum()  # chunk frames only, mouths up-weighted
 
 
 @torch.no_grad()
