@@ -134,6 +134,8 @@ class DitTrainConfig(_Strict):
     sample: SampleConfig = SampleConfig()
     stages: list[StageConfig]
     export_dir: str | None = Field(None, description="write an AvatarPipeline folder here when training ends")
+    export_sampler: dict[str, float | int | str] = Field(
+        default_factory=dict, description="sampler defaults written into the exported pipeline.json (e.g. context_t)")
     eval_clips: int = 2
 
     @model_validator(mode="after")

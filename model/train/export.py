@@ -8,7 +8,7 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from model.config import ModelConfig, load_model_config
+from model.config import ModelConfig, SamplerSection, load_model_config
 from model.dit import OmniHumanDiT
 from model.pipeline import AvatarPipeline
 from model.train.checkpoint import latest_checkpoint
@@ -22,7 +22,14 @@ TRAINING_FILE = "training.json"
 
 def export_pipeline(dit: OmniHumanDiT, vae_dir: Path, model_config: ModelConfig, export_dir: Path,
                     config: DitTrainConfig, info: dict | None = None) -> Path:
-    """Save dit + vae + pipeline.json into export_dir, plus training.json (recipe and run figures)."""
+    """Save dit + vae + pipeline.json into export_dir, plus training.json (recipe and run figures).
+
+    `config.export_sampler` overrides sampler defaults in the written model config (e.g. the context
+    noise level `context_t` that matches the context-noise augmentation the model was trained with).
+    """
+    if config.export_sampler:
+        sampler = SamplerSection.model_validate({**model_config.sampler.model_dump(), **config.export_sampler})
+        model_config = ModelConfig.model_validate({**model_config.model_dump(), "sampler": sampler.model_dump()})
     pipe = AvatarPipeline(model_config, dit.eval(), FrameVAE.from_pretrained(vae_dir))
     pipe.save_pretrained(export_dir)
     vae_metrics = vae_dir / "metrics.json"
