@@ -161,8 +161,7 @@ def test_engine_uses_fewer_steps_then_holds_frames_when_late() -> None:
 
 
 def test_vad_worker_gates_speech_and_keeps_push_clear_order() -> None:
-    if not SPEECH.is_file():
-        pytest.skip("alsa-utils speech sample not installed")
+    assert SPEECH.is_file(), "alsa-utils speech sample not installed (scripts/setup.sh installs alsa-utils)"
     from model.media import load_audio
 
     speech = load_audio(SPEECH, 16000)

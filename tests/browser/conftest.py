@@ -17,11 +17,11 @@ from e2e_speech import espeak_speech, human_speech, with_silences, write_wav
 #################################################################################
 
 
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Skip (with the reason) when this machine cannot run the browser tests."""
+def require_browser_stack() -> None:
+    """Fail (with the reason) when this machine lacks what the browser tests need: setup.sh installs it."""
     reason = None
     if not Path(CHROMIUM).exists():
-        reason = f"Chromium not found at {CHROMIUM} (apt-get install chromium)"
+        reason = f"Chromium not found at {CHROMIUM} (apt-get install chromium; scripts/setup.sh does)"
     elif non_loopback_ipv4() is None:
         reason = "no non-loopback IPv4 address: aiortc offers no host candidate Chromium can reach"
     else:
@@ -29,12 +29,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             import playwright.sync_api  # noqa: F401
         except ImportError:
             reason = "playwright is not installed (pip install playwright; never `playwright install`)"
-    if reason is None:
-        return
-    here = Path(__file__).parent
-    for item in items:
-        if Path(str(item.fspath)).is_relative_to(here):
-            item.add_marker(pytest.mark.skip(reason=reason))
+    if reason is not None:
+        pytest.fail(reason)
 
 
 #################################################################################
@@ -75,15 +71,18 @@ def speech_wavs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="session")
+# Module scope: the sync API runs an event loop on this thread while it lives, which would break
+# the asyncio tests that run after the browser modules.
+@pytest.fixture(scope="module")
 def playwright_driver() -> Iterator[Any]:
+    require_browser_stack()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as driver:
         yield driver
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser(playwright_driver: Any, speech_wavs: dict[str, Path]) -> Iterator[Any]:
     """Chromium whose fake microphone speaks the human recording."""
     chromium = launch_chromium(playwright_driver, speech_wavs["human"])
