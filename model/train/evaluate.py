@@ -168,6 +168,8 @@ def lip_figures(clip: HeldoutClip, generated: np.ndarray) -> dict[str, float]:
         "lipsync_corr": pearson(truth, measured),
         "metric_validity": pearson(truth, mouth_openness(clip.frames[:n], clip.boxes[:n])),
         "silence_ratio": silence_ratio(measured[keep], speaking[keep]) if silent.any() else float("nan"),
+        "open_speaking": float(np.median(measured[speaking])) if speaking.any() else float("nan"),
+        "open_silent": float(np.median(measured[silent])) if silent.any() else float("nan"),
     }
 
 
@@ -210,8 +212,8 @@ def evaluate(checkpoint: Path, data: Path, settings: EvalSettings,
         logger.info("eval %s (%s): %s", clip.id, clip.framing,
                     ", ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)))
     summary = {key: _nanmean([row[key] for row in per_clip]) for key in
-               ("lipsync_corr", "lipsync_corr_pose", "metric_validity", "silence_ratio", "psnr", "ssim",
-                "psnr_audio_only", "motion_ratio", "seam_ratio")}
+               ("lipsync_corr", "lipsync_corr_pose", "metric_validity", "silence_ratio", "open_speaking",
+                "open_silent", "psnr", "ssim", "psnr_audio_only", "motion_ratio", "seam_ratio")}
     result = {"checkpoint": str(checkpoint), "data": str(data), "split": settings.split, "clips": len(per_clip),
               "chunk_frames": chunk_frames, "steps": pipe.config.steps, "vad": make_activity is not None, **summary,
               "sweep": sweep(pipe, clips[: settings.sweep_clips], settings, make_activity),

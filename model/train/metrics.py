@@ -95,13 +95,20 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(a, b)[0, 1])
 
 
+OPENNESS_FLOOR = 0.01  # 1 % dark pixels: below this a mouth counts as closed
+
+
 def silence_ratio(openness: np.ndarray, speaking: np.ndarray) -> float:
-    """Median openness in silent frames / median openness in speaking frames (lower is better)."""
+    """Median openness in silent frames / median openness in speaking frames (lower is better).
+
+    The speaking median is floored at OPENNESS_FLOOR, so a mouth that never opens reads as a ratio
+    near 1 when it is equally shut in silence, not as a division by zero.
+    """
     speaking = np.asarray(speaking, dtype=bool)
     if speaking.all() or not speaking.any():
         return float("nan")
     speak_median = float(np.median(openness[speaking]))
-    return float(np.median(openness[~speaking]) / max(speak_median, 1e-6))
+    return float(max(np.median(openness[~speaking]), 0.0) / max(speak_median, OPENNESS_FLOOR))
 
 
 #################################################################################
