@@ -170,8 +170,14 @@ def test_overlay_page_keys_the_generated_backdrop(tab: Tab, server: Server) -> N
         pytest.skip("the server runs a random-init model (no weights/tiny yet): its frames are noise with no backdrop "
                     "to key; the keying itself is covered by test_element_keys_the_studio_backdrop_to_transparent")
     alpha = open_overlay(tab, server, "&background=transparent")
-    band = border_band(alpha, video_box(tab))
-    assert (band < 32).mean() > 0.9, f"only {(band < 32).mean():.0%} of the generated backdrop is keyed out ({model})"
+    box = video_box(tab)
+    backdrop = (border_band(alpha, box) < 32).mean()
+    x0, y0, x1, y1 = box
+    cx, cy, rx, ry = (x0 + x1) // 2, (y0 + y1) // 2, (x1 - x0) // 8, (y1 - y0) // 8
+    body = (alpha[cy - ry:cy + ry, cx - rx:cx + rx] < 32).mean()  # the avatar's centre: face / torso
+    print(f"keyed: backdrop {backdrop:.0%}, body {body:.0%}")
+    assert backdrop > 0.5, f"only {backdrop:.0%} of the generated backdrop is keyed out ({model})"
+    assert body < 0.2, f"{body:.0%} of the avatar's body is keyed out too ({model})"
     assert tab.page_errors == [] and tab.console_errors == []
 
 
