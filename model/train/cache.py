@@ -22,7 +22,8 @@ from model.config import ModelConfig
 from model.conditioning.text import TextEncoder
 from model.data import format as fmt
 from model.errors import InputError
-from model.train.features import clip_audio_features, clip_heatmaps, voiced_frames
+from model.conditioning.vad import voiced_frames
+from model.train.features import clip_audio_features, clip_heatmaps
 from model.train.frames import bucket_size, resize_frames
 from model.vae import FrameVAE
 
