@@ -5,22 +5,14 @@ import { beforeEach, describe, it } from 'node:test';
 
 import { AvatarClient } from '../src/client.js';
 import { ErrorCode } from '../src/errors.js';
-import { FakeMediaStream, FakePeerConnection, FakeTrack, FakeWebSocket, fakeEnvironment, recordEvents, tick, until } from './fakes.js';
-
-const SERVER = 'http://avatars.example.test:8000';
+import { connectedClient, fakeEnvironment, FakeMediaStream, FakePeerConnection, FakeTrack, FakeWebSocket, SERVER, tick, until } from './fakes.js';
 
 let env;
 beforeEach(() => {
   env = fakeEnvironment();
 });
 
-/** A connected client (audio 'none' unless given). */
-async function connected(options = {}) {
-  const client = new AvatarClient(env.config);
-  const events = recordEvents(client);
-  await client.connect({ server: SERVER, audio: 'none', ...options });
-  return { client, events, pc: FakePeerConnection.instances.at(-1), socket: FakeWebSocket.instances.at(-1) };
-}
+const connected = (options = {}) => connectedClient(env, options);
 
 describe('connect', () => {
   it('fetches ICE servers, then posts the complete (non-trickle) offer, then opens the events socket', async () => {

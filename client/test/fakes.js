@@ -1,6 +1,10 @@
 // Fakes of the browser APIs AvatarClient uses: RTCPeerConnection, WebSocket, MediaStream, getUserMedia, fetch.
 
 /** Let queued timers and microtasks run. */
+import { AvatarClient } from '../src/client.js';
+
+export const SERVER = 'http://avatars.example.test:8000';
+
 export const tick = (ms = 0) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** Wait until `predicate()` holds (polling), or fail after `timeoutMs`. */
@@ -250,4 +254,12 @@ export function recordEvents(target, types = ['connected', 'state', 'stats', 'er
   const events = [];
   for (const type of types) target.addEventListener(type, (event) => events.push([type, event.detail]));
   return events;
+}
+
+/** A client connected to the fake server (audio 'none' unless given), with its events, peer and socket. */
+export async function connectedClient(env, options = {}) {
+  const client = new AvatarClient(env.config);
+  const events = recordEvents(client);
+  await client.connect({ server: SERVER, audio: 'none', ...options });
+  return { client, events, pc: FakePeerConnection.instances.at(-1), socket: FakeWebSocket.instances.at(-1) };
 }

@@ -3,24 +3,16 @@
 import assert from 'node:assert/strict';
 import { beforeEach, describe, it } from 'node:test';
 
-import { AvatarClient } from '../src/client.js';
 import { backoffDelay } from '../src/backoff.js';
 import { ErrorCode } from '../src/errors.js';
-import { FakePeerConnection, FakeWebSocket, fakeEnvironment, problem, recordEvents, tick, until } from './fakes.js';
-
-const SERVER = 'http://avatars.example.test:8000';
+import { connectedClient, fakeEnvironment, FakePeerConnection, FakeWebSocket, problem, tick, until } from './fakes.js';
 
 let env;
 beforeEach(() => {
   env = fakeEnvironment();
 });
 
-async function connected(options = {}) {
-  const client = new AvatarClient(env.config);
-  const events = recordEvents(client);
-  await client.connect({ server: SERVER, audio: 'none', ...options });
-  return { client, events };
-}
+const connected = (options = {}) => connectedClient(env, options);
 
 const types = (events) => events.map(([type]) => type);
 
