@@ -60,7 +60,7 @@ def test_eval_command_reports_every_figure(tmp_path: Path, capsys: pytest.Captur
     model.write_text(SMALL_MODEL)
     AvatarPipeline.from_config(model).save_pretrained(tmp_path / "ckpt")
     code = main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(root), "--split", "val", "--clips", "1",
-                 "--sweep-steps", "1", "--sweep-cfg", "1,2", "--drift-minutes", "0.02", "--no-vad", "--json"])
+                 "--framing", "face", "--sweep-steps", "1", "--sweep-cfg", "1,2", "--drift-minutes", "0.02", "--no-vad", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     for key in ("lipsync_corr", "metric_validity", "silence_ratio", "psnr", "ssim", "seam_ratio", "motion_ratio"):
@@ -68,6 +68,9 @@ def test_eval_command_reports_every_figure(tmp_path: Path, capsys: pytest.Captur
     assert result["metric_validity"] > 0.8 and result["psnr"] > 0
     assert [(r["steps"], r["audio_cfg"]) for r in result["sweep"]] == [(1, 1.0), (1, 2.0)]
     assert result["drift"]["similarity_start"] > 0 and "ratio" in result["drift"]
+    assert main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(root), "--split", "val",
+                 "--framing", "full_body"]) == 2  # no such clips: a clear error
+    assert "full_body" in capsys.readouterr().err
 
 
 def test_eval_bad_paths_are_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

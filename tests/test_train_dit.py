@@ -117,3 +117,30 @@ def test_export_writes_a_pipeline_that_renders(setup: dict[str, Path], tmp_path:
     frames = pipe.render(np.full((64, 64, 3), 128, np.uint8), np.zeros(8000, np.float32), seed=0)
     assert frames.shape == (13, 64, 64, 3)
     assert main(_args(setup, tmp_path / "empty", 5, "--export")) == 2  # nothing trained yet: a clear error
+
+
+def test_fine_tuning_starts_from_the_given_pipeline(setup: dict[str, Path], tmp_path: Path) -> None:
+    """`init_from: PIPELINE` starts from that DiT; a folder without one is a clear error (exit 2)."""
+    from model.pipeline import AvatarPipeline
+    from model.train.trainer import initial_dit
+
+    assert main(_args(setup, tmp_path / "base", 3)) == 0
+    assert main(_args(setup, tmp_path / "base", 3, "--export", str(tmp_path / "pipe"))) == 0
+    config = load_train_config(CONFIG, {"model": str(setup["model"]), "init_from": str(tmp_path / "pipe")})
+    start = initial_dit(config, load_model_config(setup["model"])).state_dict()
+    exported = AvatarPipeline.from_pretrained(tmp_path / "pipe").dit.state_dict()
+    assert all(torch.equal(start[k], exported[k]) for k in exported)
+    assert main(_args(setup, tmp_path / "tuned", 2, "--set", f"init_from={tmp_path / 'pipe'}")) == 0
+    assert main(_args(setup, tmp_path / "bad", 2, "--set", f"init_from={tmp_path / 'nowhere'}")) == 2
+
+
+def test_framings_select_the_training_clips(setup: dict[str, Path], tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    """`data.framings` keeps only clips of those framings; none left is a clear error, not an empty run."""
+    from model.train.trainer import split_entries
+
+    config = load_train_config(CONFIG, {"data.root": str(setup["data"]), "data.framings": ["face"]})
+    train, heldout = split_entries(config)
+    assert train and all(e.framing == "face" for e in train + heldout)
+    assert main(_args(setup, tmp_path / "none", 2, "--set", "data.framings=[full_body]")) == 2
+    assert "with framing full_body" in capsys.readouterr().err

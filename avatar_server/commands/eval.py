@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from model.errors import InputError
-from model.train.evaluate import EvalSettings, evaluate
+from model.train.evaluate import FRAMING_ORDER, EvalSettings, evaluate
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--checkpoint", required=True, help="pipeline folder (e.g. weights/tiny)")
     parser.add_argument("--data", required=True, help="dataset folder (index.json + clips/)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test, unseen identities)")
+    parser.add_argument("--framing", action="append", choices=FRAMING_ORDER,
+                        help="only clips of this framing (repeatable; default: all, close-ups first)")
     parser.add_argument("--clips", type=int, default=4, help="clips for the main figures")
     parser.add_argument("--sweep-clips", type=int, default=1, help="clips per (steps, audio CFG) pair (0: no sweep)")
     parser.add_argument("--sweep-steps", default="1,2,4", help="comma-separated Euler step counts")
@@ -57,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--clips must be >= 1, --sweep-clips and --drift-minutes >= 0")
     settings = EvalSettings(split=args.split, clips=args.clips, sweep_clips=args.sweep_clips,
                             sweep_steps=_numbers(args.sweep_steps, int), sweep_audio_cfg=_numbers(args.sweep_cfg, float),
-                            drift_minutes=args.drift_minutes, seed=args.seed)
+                            drift_minutes=args.drift_minutes, seed=args.seed,
+                            framings=tuple(args.framing) if args.framing else None)
     make_activity = None
     if not args.no_vad:
         from avatar_server.settings import VADSettings

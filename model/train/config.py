@@ -30,6 +30,7 @@ class DataConfig(_Strict):
     split: str = "train"
     cache_dir: str
     max_clips: int | None = None
+    framings: list[str] | None = Field(None, description="keep only clips of these framings (face, portrait, half_body, full_body)")
     holdout_clips: int = Field(4, ge=0, description="clips of the split kept aside for held-out metrics")
     workers: int = Field(0, ge=0)
 
@@ -133,6 +134,7 @@ class DitTrainConfig(_Strict):
     optim: OptimConfig = OptimConfig()
     sample: SampleConfig = SampleConfig()
     stages: list[StageConfig]
+    init_from: str | None = Field(None, description="fine-tune: start from the DiT of this pipeline folder instead of random weights")
     export_dir: str | None = Field(None, description="write an AvatarPipeline folder here when training ends")
     export_sampler: dict[str, float | int | str] = Field(
         default_factory=dict, description="sampler defaults written into the exported pipeline.json (e.g. context_t)")

@@ -62,6 +62,7 @@ class EvalSettings:
     drift_minutes: float = 5.0
     drift_window_s: float = 10.0
     seed: int = 0
+    framings: tuple[str, ...] | None = None  # only clips of these framings (None: all, close ones first)
 
 
 @dataclass
@@ -90,9 +91,11 @@ def load_heldout(root: Path, settings: EvalSettings, pipe: AvatarPipeline, limit
     area = pipe.config.height * pipe.config.width
     size = (pipe.config.height, pipe.config.width)
     entries = [e for e in fmt.read_index(root).split(settings.split)
-               if {"audio", "pose"} <= set(e.conditions) and bucket_size(e.width, e.height, area, unit) == size]
+               if {"audio", "pose"} <= set(e.conditions) and bucket_size(e.width, e.height, area, unit) == size
+               and (settings.framings is None or e.framing in settings.framings)]
     if not entries:
-        raise InputError(f"dataset {root} has no {settings.split!r} clips with audio, keypoints and the "
+        framed = f" {'/'.join(settings.framings)}" if settings.framings else ""
+        raise InputError(f"dataset {root} has no {settings.split!r}{framed} clips with audio, keypoints and the "
                          f"{size[1]}x{size[0]} aspect of the model's output")
     entries.sort(key=lambda e: (FRAMING_ORDER.index(e.framing) if e.framing in FRAMING_ORDER else 9, e.id))
     clips = []

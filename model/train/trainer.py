@@ -38,14 +38,32 @@ def split_entries(config: DitTrainConfig) -> tuple[list[fmt.IndexEntry], list[fm
     """(training clips, held-out clips for the validation loss): val split, else the tail of train."""
     root = Path(config.data.root)
     index = fmt.read_index(root)
-    train = index.split(config.data.split)
+    framings = config.data.framings
+    train, heldout = ([c for c in index.split(name) if framings is None or c.framing in framings]
+                      for name in (config.data.split, "val"))
     if not train:
-        raise InputError(f"dataset {root} has no clips in split {config.data.split!r}")
+        raise InputError(f"dataset {root} has no clips in split {config.data.split!r}"
+                         + (f" with framing {', '.join(framings)}" if framings else ""))
     train = train[: config.data.max_clips] if config.data.max_clips else train
-    heldout = index.split("val")[: config.data.holdout_clips]
+    heldout = heldout[: config.data.holdout_clips]
     if not heldout and len(train) > 1:
         heldout, train = train[-1:], train[:-1]
     return train, heldout
+
+
+def initial_dit(config: DitTrainConfig, model_config) -> OmniHumanDiT:
+    """Random weights, or the DiT of the pipeline folder `init_from` (fine-tuning); shapes must match the config."""
+    if config.init_from is None:
+        return OmniHumanDiT(**model_config.dit_kwargs())
+    source = Path(config.init_from) / "dit"
+    if not (source / "config.json").is_file():
+        raise InputError(f"init_from: no DiT at {source} (expected a pipeline folder such as weights/tiny)")
+    dit = OmniHumanDiT.from_pretrained(source)
+    fresh = OmniHumanDiT(**model_config.dit_kwargs())
+    if {k: v.shape for k, v in dit.state_dict().items()} != {k: v.shape for k, v in fresh.state_dict().items()}:
+        raise InputError(f"init_from: the DiT at {source} does not match the model config {config.model!r}")
+    logger.info("fine-tuning from %s", source)
+    return dit
 
 
 def make_builder(clips, config: DitTrainConfig, model_config) -> StreamingSampleBuilder:
@@ -99,7 +117,7 @@ def train_dit(config: DitTrainConfig, ctx: DistContext, resume: bool = True, unt
                 ", ".join(f"{s.name}={s.steps}" for s in config.stages))
 
     torch.manual_seed(config.run.seed)
-    dit = OmniHumanDiT(**model_config.dit_kwargs()).to(ctx.device)
+    dit = initial_dit(config, model_config).to(ctx.device)
     if config.run.gradient_checkpointing:
         dit.enable_gradient_checkpointing()
     dit.train()
