@@ -199,6 +199,10 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
     K/V are shared by every CFG branch and can be cached. Text enters through adaLN: it is a global,
     per-clip condition, and adaLN is the cheapest way in that leaves the sequence length alone.
     Audio enters by frame-wise cross-attention, pose by channels concatenated to the chunk latents.
+    With concat_reference the reference latent is also concatenated to every context and chunk
+    frame's channels (as Stable Video Diffusion does with its conditioning frame): each token then
+    sees the reference at its own position, so keeping the appearance is a per-token map a small
+    model learns in few steps, while the packed reference tokens still serve attention.
     """
 
     _supports_gradient_checkpointing = True
@@ -221,6 +225,7 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         pose_latent_channels: int = 4,
         text_dim: int = 384,
         ref_index: int = -32,
+        concat_reference: bool = False,
         rope_theta: float = 10000.0,
         frequency_embedding_size: int = 256,
     ):
@@ -233,6 +238,8 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         else:
             self.pose_guider = None
             in_channels = latent_channels
+        if concat_reference:
+            in_channels += latent_channels
         self.x_embedder = nn.Linear(in_channels * patch_size * patch_size, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
         self.text_embedder = nn.Sequential(nn.Linear(text_dim, hidden_size), nn.SiLU(),
@@ -296,14 +303,25 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
             raise ValueError(f"expected {self.config.latent_channels} latent channels, got {latents.shape[-3]}")
         return h // p, w // p
 
-    def _embed(self, latents: torch.Tensor, pose_features: torch.Tensor | None) -> torch.Tensor:
-        """latents [B, T, C, h, w] (+ pose channels [B, T, P, h, w], zeros if None) -> [B, T, N, D]."""
+    def _embed(self, latents: torch.Tensor, pose_features: torch.Tensor | None,
+               reference: torch.Tensor | None = None) -> torch.Tensor:
+        """latents [B, T, C, h, w] (+ pose channels [B, T, P, h, w], + reference channels [B, T, C, h, w]
+        with concat_reference; zeros where None) -> [B, T, N, D]."""
+        b, t, c, h, w = latents.shape
+        parts = [latents]
         if self.pose_guider is not None:
-            if pose_features is None:
-                b, t, _, h, w = latents.shape
-                pose_features = latents.new_zeros(b, t, self.config.pose_latent_channels, h, w)
-            latents = torch.cat([latents, pose_features.to(latents.dtype)], dim=2)
-        return self.x_embedder(self._patchify(latents))
+            parts.append(pose_features.to(latents.dtype) if pose_features is not None else
+                         latents.new_zeros(b, t, self.config.pose_latent_channels, h, w))
+        if self.config.concat_reference:
+            parts.append(reference.to(latents.dtype) if reference is not None else latents.new_zeros(b, t, c, h, w))
+        return self.x_embedder(self._patchify(torch.cat(parts, dim=2) if len(parts) > 1 else latents))
+
+    def reference_channels(self, reference: torch.Tensor | None, frames: int) -> torch.Tensor | None:
+        """The first reference latent [B, C, h, w] repeated for `frames` frames -> [B, frames, C, h, w]
+        (None without concat_reference)."""
+        if not self.config.concat_reference or reference is None:
+            return None
+        return reference[:, None].expand(-1, frames, -1, -1, -1)
 
     def _text_embedding(self, text: torch.Tensor | None, drop: torch.Tensor | None, batch: int) -> torch.Tensor:
         """text [B, text_dim] or None -> [B, D]; dropped/missing rows get the learned null text."""
@@ -400,7 +418,10 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         if pose_features is not None:  # reference and context frames get no pose: zeros
             free = pose_features.new_zeros(b, r + m, *pose_features.shape[2:])
             pose_features = torch.cat([free, pose_features], dim=1)
-        x = self._embed(latents, pose_features)  # [B, T, N, D]
+        reference = self.reference_channels(latents[:, 0], m + f) if r else None
+        if reference is not None:  # reference frames themselves get zeros
+            reference = torch.cat([reference.new_zeros(b, r, *reference.shape[2:]), reference], dim=1)
+        x = self._embed(latents, pose_features, reference)  # [B, T, N, D]
         temb = self.t_embedder(timesteps)  # [B, T, D]
         cond = torch.cat([temb[:, : r + m], temb[:, r + m:] + conditioning.text[:, None]], dim=1)
         rope = self.rope(self._positions(r, m, f, latents.device), gh, gw)
@@ -411,22 +432,26 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
 
     # ------------------------------------------------------------------ cached path
 
-    def encode_kv(self, latents: torch.Tensor, timesteps: torch.Tensor, frame_local: bool) -> list[KV]:
+    def encode_kv(self, latents: torch.Tensor, timesteps: torch.Tensor, frame_local: bool,
+                  reference: torch.Tensor | None = None) -> list[KV]:
         """Per-layer pre-RoPE (k, v), each [B, n, N, H, Dh], of condition-free frames [B, n, C, h, w].
 
         frame_local=False: the frames attend to each other (reference); True: each frame only to
-        itself (context). RoPE of a frame's own temporal index cancels inside such attention, so
-        the result does not depend on where the frames sit later.
+        itself (context), with the session's reference latent [B, C, h, w] for concat_reference.
+        RoPE of a frame's own temporal index cancels inside such attention, so the result does not
+        depend on where the frames sit later.
         """
         b, n = latents.shape[:2]
         gh, gw = self._grid(latents)
+        channels = self.reference_channels(reference, n) if frame_local else None  # [B, n, C, h, w]
         if frame_local:
+            channels = None if channels is None else channels.reshape(b * n, 1, *channels.shape[2:])
             latents = latents.reshape(b * n, 1, *latents.shape[2:])
             timesteps = timesteps.reshape(b * n, 1)
             positions = torch.zeros(1, device=latents.device)
         else:
             positions = torch.full((n,), float(self.config.ref_index), device=latents.device)
-        x = self._embed(latents, None)
+        x = self._embed(latents, None, channels)
         cond = self.t_embedder(timesteps)
         rope = self.rope(positions, gh, gw)
         kvs: list[KV] = []
@@ -469,16 +494,18 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         drop_text: torch.Tensor | None = None,
         drop_pose: torch.Tensor | None = None,
         conditioning: ChunkConditioning | None = None,
+        reference: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Velocity [B, F, C, h, w] of chunk latents attending to cached prefix K/V (from prefix_kv);
         equals the chunk part of forward() on [reference | context | chunk]. No mask is needed.
-        `conditioning` (from embed_conditions) replaces audio/pose/text/drop_*."""
+        `conditioning` (from embed_conditions) replaces audio/pose/text/drop_*; `reference` [B, C, h, w]
+        is the first reference latent (concat_reference)."""
         b, f = latents.shape[:2]
         gh, gw = self._grid(latents)
         h, w = latents.shape[-2:]
         if conditioning is None:
             conditioning = self.embed_conditions(b, f, audio, pose, text, drop_audio, drop_text, drop_pose)
-        x = self._embed(latents, conditioning.pose)  # [B, F, N, D]
+        x = self._embed(latents, conditioning.pose, self.reference_channels(reference, f))  # [B, F, N, D]
         cond = self.t_embedder(timesteps) + conditioning.text[:, None]  # [B, F, D]
         rope = self.rope(torch.arange(f, device=latents.device, dtype=torch.float32), gh, gw)
         for block, kv in zip(self.blocks, prefix):

@@ -84,7 +84,7 @@ class StreamingSampler:
             r = ref.shape[0]
             state.reference_kv = [(k[0], v[0]) for k, v in
                                   self.dit.encode_kv(ref[None], ref.new_zeros(1, r), frame_local=False)]
-            state.context_kv = self._context_kv(state.context_latents) if cfg.context_frames else None
+            state.context_kv = self._context_kv(state.context_latents, ref) if cfg.context_frames else None
         return state
 
     def _noise_context(self, latents: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -95,11 +95,13 @@ class StreamingSampler:
         noise = torch.randn(latents.shape, generator=generator, device=latents.device, dtype=latents.dtype)
         return add_noise(latents, noise, torch.tensor(ct, device=latents.device))
 
-    def _context_kv(self, context_latents: torch.Tensor) -> list[KV]:
-        """Frame-local K/V of context inputs [n, C, h, w] -> per layer [n, N, H, Dh]."""
+    def _context_kv(self, context_latents: torch.Tensor, reference_latents: torch.Tensor) -> list[KV]:
+        """Frame-local K/V of context inputs [n, C, h, w] of a session with reference latents
+        [R, C, h, w] -> per layer [n, N, H, Dh]."""
         n = context_latents.shape[0]
         times = context_latents.new_full((1, n), self.config.context_t)
-        return [(k[0], v[0]) for k, v in self.dit.encode_kv(context_latents[None], times, frame_local=True)]
+        return [(k[0], v[0]) for k, v in self.dit.encode_kv(context_latents[None], times, frame_local=True,
+                                                             reference=reference_latents[:1])]
 
     def _advance(self, state: StreamState, frames: torch.Tensor, with_cache: bool) -> None:
         """Roll the context window by a finished chunk [F, C, h, w]; K/V only for entering frames."""
@@ -113,7 +115,7 @@ class StreamingSampler:
         if not with_cache:
             state.context_kv = None  # stale now: this state continues on the naive path only
         else:
-            new_kv = self._context_kv(entering)
+            new_kv = self._context_kv(entering, state.reference_latents)
             state.context_kv = [(torch.cat([k[n:], nk], dim=0), torch.cat([v[n:], nv], dim=0))
                                 for (k, v), (nk, nv) in zip(state.context_kv, new_kv)]  # type: ignore[arg-type]
 
@@ -195,6 +197,7 @@ class StreamingSampler:
             embedded = self.dit.embed_conditions(len(states), f, **self._row_inputs(
                 [(i, Branch.FULL) for i in range(len(states))], conditions, f))
             prefix = self._prefix(states)
+            references = torch.stack([s.reference_latents[0] for s in states])  # [S, C, h, w]
         else:
             r, m = states[0].reference_latents.shape[0], states[0].context_latents.shape[0]
             free = torch.stack([torch.cat([s.reference_latents, s.context_latents]) for s in states])
@@ -212,7 +215,8 @@ class StreamingSampler:
                 drop_audio = torch.tensor([b.drop_audio for _, b in rows], device=self._device)
                 drop_text = torch.tensor([b.drop_text for _, b in rows], device=self._device)
                 rows_cond = self.dit.select_conditions(embedded, index, drop_audio, drop_text)
-                v_rows = self.dit.forward_chunk(x if one_row_each else x[index], chunk_t, kv, conditioning=rows_cond)
+                v_rows = self.dit.forward_chunk(x if one_row_each else x[index], chunk_t, kv, conditioning=rows_cond,
+                                                reference=references if one_row_each else references[index])
             else:
                 inputs = self._row_inputs(rows, conditions, f)
                 latents = torch.cat([free[index], x[index]], dim=1)
