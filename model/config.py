@@ -38,6 +38,7 @@ class DiTSection(_Section):
     text_dim: int = Field(default=384, gt=0)
     ref_index: int = Field(default=-32, description="temporal RoPE index of reference frames")
     concat_reference: bool = Field(False, description="also concatenate the reference latent to every context/chunk frame's channels (SVD-style)")
+    concat_last_context: bool = Field(False, description="concatenate the newest context frame's latent to every chunk frame's channels")
     rope_theta: float = Field(default=10000.0, gt=0)
     frequency_embedding_size: int = Field(default=256, gt=0)
 
@@ -184,6 +185,7 @@ class ModelConfig(_Section):
             audio_window_frames=self.audio.window_frames, pose_channels=d.pose_channels,
             pose_neighbor_frames=d.pose_neighbor_frames, pose_guider_channels=d.pose_guider_channels,
             pose_latent_channels=d.pose_latent_channels, text_dim=d.text_dim, ref_index=d.ref_index, concat_reference=d.concat_reference,
+            concat_last_context=d.concat_last_context,
             rope_theta=d.rope_theta, frequency_embedding_size=d.frequency_embedding_size,
         )
 

@@ -203,6 +203,8 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
     frame's channels (as Stable Video Diffusion does with its conditioning frame): each token then
     sees the reference at its own position, so keeping the appearance is a per-token map a small
     model learns in few steps, while the packed reference tokens still serve attention.
+    With concat_last_context the newest context frame's latent is concatenated to every chunk
+    frame's channels the same way: continuing the motion starts from a per-token copy.
     """
 
     _supports_gradient_checkpointing = True
@@ -226,6 +228,7 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         text_dim: int = 384,
         ref_index: int = -32,
         concat_reference: bool = False,
+        concat_last_context: bool = False,
         rope_theta: float = 10000.0,
         frequency_embedding_size: int = 256,
     ):
@@ -238,8 +241,7 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         else:
             self.pose_guider = None
             in_channels = latent_channels
-        if concat_reference:
-            in_channels += latent_channels
+        in_channels += latent_channels * (int(concat_reference) + int(concat_last_context))
         self.x_embedder = nn.Linear(in_channels * patch_size * patch_size, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
         self.text_embedder = nn.Sequential(nn.Linear(text_dim, hidden_size), nn.SiLU(),
@@ -304,24 +306,24 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         return h // p, w // p
 
     def _embed(self, latents: torch.Tensor, pose_features: torch.Tensor | None,
-               reference: torch.Tensor | None = None) -> torch.Tensor:
-        """latents [B, T, C, h, w] (+ pose channels [B, T, P, h, w], + reference channels [B, T, C, h, w]
-        with concat_reference; zeros where None) -> [B, T, N, D]."""
+               reference: torch.Tensor | None = None, last_context: torch.Tensor | None = None) -> torch.Tensor:
+        """latents [B, T, C, h, w] (+ pose channels [B, T, P, h, w], + reference / last-context channels
+        [B, T, C, h, w] when the config concatenates them; zeros where None) -> [B, T, N, D]."""
         b, t, c, h, w = latents.shape
         parts = [latents]
         if self.pose_guider is not None:
             parts.append(pose_features.to(latents.dtype) if pose_features is not None else
                          latents.new_zeros(b, t, self.config.pose_latent_channels, h, w))
-        if self.config.concat_reference:
-            parts.append(reference.to(latents.dtype) if reference is not None else latents.new_zeros(b, t, c, h, w))
+        for enabled, channels in ((self.config.concat_reference, reference),
+                                  (self.config.concat_last_context, last_context)):
+            if enabled:
+                parts.append(channels.to(latents.dtype) if channels is not None else latents.new_zeros(b, t, c, h, w))
         return self.x_embedder(self._patchify(torch.cat(parts, dim=2) if len(parts) > 1 else latents))
 
-    def reference_channels(self, reference: torch.Tensor | None, frames: int) -> torch.Tensor | None:
-        """The first reference latent [B, C, h, w] repeated for `frames` frames -> [B, frames, C, h, w]
-        (None without concat_reference)."""
-        if not self.config.concat_reference or reference is None:
-            return None
-        return reference[:, None].expand(-1, frames, -1, -1, -1)
+    @staticmethod
+    def _repeat_frames(latent: torch.Tensor | None, frames: int) -> torch.Tensor | None:
+        """latent [B, C, h, w] -> [B, frames, C, h, w] (None stays None)."""
+        return None if latent is None else latent[:, None].expand(-1, frames, -1, -1, -1)
 
     def _text_embedding(self, text: torch.Tensor | None, drop: torch.Tensor | None, batch: int) -> torch.Tensor:
         """text [B, text_dim] or None -> [B, D]; dropped/missing rows get the learned null text."""
@@ -418,10 +420,12 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         if pose_features is not None:  # reference and context frames get no pose: zeros
             free = pose_features.new_zeros(b, r + m, *pose_features.shape[2:])
             pose_features = torch.cat([free, pose_features], dim=1)
-        reference = self.reference_channels(latents[:, 0], m + f) if r else None
-        if reference is not None:  # reference frames themselves get zeros
-            reference = torch.cat([reference.new_zeros(b, r, *reference.shape[2:]), reference], dim=1)
-        x = self._embed(latents, pose_features, reference)  # [B, T, N, D]
+        reference = last = None  # [B, T, C, h, w] channels: reference frames get zeros, chunk frames everything
+        if self.config.concat_reference and r:
+            reference = torch.cat([torch.zeros_like(latents[:, :r]), self._repeat_frames(latents[:, 0], m + f)], dim=1)
+        if self.config.concat_last_context and m:
+            last = torch.cat([torch.zeros_like(latents[:, :r + m]), self._repeat_frames(latents[:, r + m - 1], f)], dim=1)
+        x = self._embed(latents, pose_features, reference, last)  # [B, T, N, D]
         temb = self.t_embedder(timesteps)  # [B, T, D]
         cond = torch.cat([temb[:, : r + m], temb[:, r + m:] + conditioning.text[:, None]], dim=1)
         rope = self.rope(self._positions(r, m, f, latents.device), gh, gw)
@@ -443,7 +447,7 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         """
         b, n = latents.shape[:2]
         gh, gw = self._grid(latents)
-        channels = self.reference_channels(reference, n) if frame_local else None  # [B, n, C, h, w]
+        channels = self._repeat_frames(reference, n) if frame_local else None  # [B, n, C, h, w]
         if frame_local:
             channels = None if channels is None else channels.reshape(b * n, 1, *channels.shape[2:])
             latents = latents.reshape(b * n, 1, *latents.shape[2:])
@@ -495,17 +499,19 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         drop_pose: torch.Tensor | None = None,
         conditioning: ChunkConditioning | None = None,
         reference: torch.Tensor | None = None,
+        last_context: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Velocity [B, F, C, h, w] of chunk latents attending to cached prefix K/V (from prefix_kv);
         equals the chunk part of forward() on [reference | context | chunk]. No mask is needed.
-        `conditioning` (from embed_conditions) replaces audio/pose/text/drop_*; `reference` [B, C, h, w]
-        is the first reference latent (concat_reference)."""
+        `conditioning` (from embed_conditions) replaces audio/pose/text/drop_*; `reference` and
+        `last_context` [B, C, h, w] are the first reference latent and the newest context input."""
         b, f = latents.shape[:2]
         gh, gw = self._grid(latents)
         h, w = latents.shape[-2:]
         if conditioning is None:
             conditioning = self.embed_conditions(b, f, audio, pose, text, drop_audio, drop_text, drop_pose)
-        x = self._embed(latents, conditioning.pose, self.reference_channels(reference, f))  # [B, F, N, D]
+        x = self._embed(latents, conditioning.pose, self._repeat_frames(reference, f),
+                        self._repeat_frames(last_context, f))  # [B, F, N, D]
         cond = self.t_embedder(timesteps) + conditioning.text[:, None]  # [B, F, D]
         rope = self.rope(torch.arange(f, device=latents.device, dtype=torch.float32), gh, gw)
         for block, kv in zip(self.blocks, prefix):

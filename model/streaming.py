@@ -198,6 +198,7 @@ class StreamingSampler:
                 [(i, Branch.FULL) for i in range(len(states))], conditions, f))
             prefix = self._prefix(states)
             references = torch.stack([s.reference_latents[0] for s in states])  # [S, C, h, w]
+            lasts = torch.stack([s.context_latents[-1] for s in states]) if cfg.context_frames else None
         else:
             r, m = states[0].reference_latents.shape[0], states[0].context_latents.shape[0]
             free = torch.stack([torch.cat([s.reference_latents, s.context_latents]) for s in states])
@@ -216,7 +217,8 @@ class StreamingSampler:
                 drop_text = torch.tensor([b.drop_text for _, b in rows], device=self._device)
                 rows_cond = self.dit.select_conditions(embedded, index, drop_audio, drop_text)
                 v_rows = self.dit.forward_chunk(x if one_row_each else x[index], chunk_t, kv, conditioning=rows_cond,
-                                                reference=references if one_row_each else references[index])
+                                                reference=references if one_row_each else references[index],
+                                                last_context=lasts if one_row_each or lasts is None else lasts[index])
             else:
                 inputs = self._row_inputs(rows, conditions, f)
                 latents = torch.cat([free[index], x[index]], dim=1)

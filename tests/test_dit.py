@@ -22,13 +22,13 @@ def one_thread():
     yield
     torch.set_num_threads(threads)
 
-def make_dit(seed: int = 0, pose_channels: int = 3, concat_reference: bool = False) -> OmniHumanDiT:
+def make_dit(seed: int = 0, pose_channels: int = 3, concat: bool = False) -> OmniHumanDiT:
     """A very small DiT whose zero-initialised outputs are perturbed so every path matters."""
     torch.manual_seed(seed)
     dit = OmniHumanDiT(latent_channels=C, hidden_size=32, depth=2, num_heads=2, audio_feature_dim=8,
                        audio_frames_per_video_frame=4, audio_window_frames=3, pose_channels=pose_channels,
                        pose_guider_channels=8, pose_latent_channels=4, ref_index=-16,
-                       concat_reference=concat_reference).eval()
+                       concat_reference=concat, concat_last_context=concat).eval()
     with torch.no_grad():
         for p in dit.parameters():
             p.add_(torch.randn_like(p) * 0.1)
@@ -47,10 +47,10 @@ def full(dit: OmniHumanDiT, x: dict[str, torch.Tensor], **kw: object) -> torch.T
     return dit(x["latents"], x["timesteps"], R, M, audio=x["audio"], pose=x["pose"], text=x["text"], **kw)
 
 
-@pytest.mark.parametrize("concat_reference", [False, True])
+@pytest.mark.parametrize("concat", [False, True])
 @torch.no_grad()
-def test_cached_chunk_forward_equals_full_masked_forward(concat_reference: bool) -> None:
-    dit, x = make_dit(concat_reference=concat_reference), inputs()
+def test_cached_chunk_forward_equals_full_masked_forward(concat: bool) -> None:
+    dit, x = make_dit(concat=concat), inputs()
     drops = dict(drop_audio=torch.tensor([False, True]), drop_text=torch.tensor([True, False]))
     ref = full(dit, x, **drops)[:, R + M:]
     lat, t = x["latents"], x["timesteps"]
@@ -58,24 +58,27 @@ def test_cached_chunk_forward_equals_full_masked_forward(concat_reference: bool)
     ctx_kv = dit.encode_kv(lat[:, R:R + M], t[:, R:R + M], frame_local=True, reference=lat[:, 0])
     prefix = dit.prefix_kv(ref_kv, ctx_kv, (H, W))
     out = dit.forward_chunk(lat[:, R + M:], t[:, R + M:], prefix, x["audio"], x["pose"], x["text"], **drops,
-                            reference=lat[:, 0])
+                            reference=lat[:, 0], last_context=lat[:, R + M - 1])
     assert out.shape == (2, F, C, H, W)
     assert (out - ref).abs().max() < 1e-5
     assert ref.abs().mean() > 1e-2
 
 
 @torch.no_grad()
-def test_concatenated_reference_reaches_every_context_and_chunk_frame() -> None:
-    """concat_reference: each context/chunk frame's tokens see the reference latent at their own position."""
-    dit, x = make_dit(concat_reference=True), inputs()
-    assert dit.x_embedder.in_features == (C + 4 + C) * 2 * 2  # latent + pose guider + reference channels
+def test_concatenated_reference_and_last_context_reach_the_chunk() -> None:
+    """concat_*: chunk tokens see the reference and the newest context latent at their own position."""
+    dit, x = make_dit(concat=True), inputs()
+    assert dit.x_embedder.in_features == (C + 4 + C + C) * 2 * 2  # latent, pose guider, reference, last context
     base = full(dit, x)
-    y = dict(x, latents=x["latents"].clone())
-    y["latents"][:, 0, :, 0, 0] += 1.0  # one reference cell
-    other = full(dit, y)
-    assert not torch.allclose(base[:, R + M:], other[:, R + M:])
-    ctx_a = dit.encode_kv(x["latents"][:, R:R + M], x["timesteps"][:, R:R + M], True, reference=x["latents"][:, 0])
-    ctx_b = dit.encode_kv(x["latents"][:, R:R + M], x["timesteps"][:, R:R + M], True, reference=y["latents"][:, 0])
+    for frame in (0, R + M - 1):  # the reference, the newest context frame
+        y = dict(x, latents=x["latents"].clone())
+        y["latents"][:, frame, :, 0, 0] += 1.0  # one cell
+        other = full(dit, y)
+        assert not torch.allclose(base[:, R + M:], other[:, R + M:])
+
+    context, times = x["latents"][:, R:R + M], x["timesteps"][:, R:R + M]
+    ctx_a = dit.encode_kv(context, times, True, reference=x["latents"][:, 0])
+    ctx_b = dit.encode_kv(context, times, True, reference=x["latents"][:, 0] + 1.0)
     assert not torch.allclose(ctx_a[0][0], ctx_b[0][0])  # context K/V depend on the session's reference
 
 

@@ -13,7 +13,7 @@ from model.streaming import ChunkConditions, StreamingSampler
 CONFIG = ModelConfig.model_validate({
     "name": "test",
     "dit": {"hidden_size": 32, "depth": 2, "num_heads": 2, "pose_channels": 3, "pose_guider_channels": 8,
-            "ref_index": -16, "concat_reference": True},
+            "ref_index": -16, "concat_reference": True, "concat_last_context": True},
     "vae": {},
     "audio": {"n_mels": 8, "past_frames": 1, "lookahead_frames": 1},
     "sampler": {"chunk_frames": 3, "context_frames": 2, "steps": 3, "time_shift": 2.0, "context_t": 0.05,
