@@ -120,6 +120,8 @@ class SamplerSection(_Section):
     steps: int = Field(default=2, gt=0)
     time_shift: float = Field(default=1.0, gt=0)
     context_t: float = Field(default=0.0, ge=0, lt=1, description="noise level of context frames")
+    start_t: float = Field(default=1.0, gt=0, le=1, description="each chunk starts from the previous frame "
+                           "noised to this level instead of pure noise (1 = pure noise)")
     guidance_audio: float = Field(default=1.0, ge=0)
     guidance_text: float = Field(default=1.0, ge=0)
     guidance_anneal: Literal["none", "linear", "cosine"] = "linear"

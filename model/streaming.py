@@ -28,10 +28,12 @@ class StreamState:
 
     context_latents are the context frames as the model sees them (noised to context_t); the K/V
     lists hold per-layer pre-RoPE (k, v) [n, N, H, Dh] and are absent for naive-only use.
+    last_frame is the newest generated latent, clean (the reference before the first chunk).
     """
 
     reference_latents: torch.Tensor  # [R, C, h, w]
     context_latents: torch.Tensor  # [M, C, h, w]
+    last_frame: torch.Tensor  # [C, h, w]
     generator: torch.Generator
     seed: int
     frame_index: int = 0
@@ -79,7 +81,7 @@ class StreamingSampler:
         generator = torch.Generator(device=self._device).manual_seed(seed)
         start = ref[-1:].expand(cfg.context_frames, *ref.shape[1:])
         state = StreamState(reference_latents=ref, context_latents=self._noise_context(start, generator),
-                            generator=generator, seed=seed)
+                            last_frame=ref[-1].clone(), generator=generator, seed=seed)
         if with_cache:
             r = ref.shape[0]
             state.reference_kv = [(k[0], v[0]) for k, v in
@@ -107,6 +109,7 @@ class StreamingSampler:
         """Roll the context window by a finished chunk [F, C, h, w]; K/V only for entering frames."""
         m = self.config.context_frames
         state.frame_index += frames.shape[0]
+        state.last_frame = frames[-1]
         if m == 0:
             return
         entering = self._noise_context(frames[-m:], state.generator)
@@ -204,7 +207,9 @@ class StreamingSampler:
             free = torch.stack([torch.cat([s.reference_latents, s.context_latents]) for s in states])
             free_t = torch.cat([torch.zeros(len(states), r), torch.full((len(states), m), cfg.context_t)], 1)
             free_t = free_t.to(self._device, self._dtype)
-        times = timestep_schedule(steps, cfg.time_shift)
+        if cfg.start_t < 1.0:  # warm start: the previous frame noised to start_t, a schedule from there
+            x = add_noise(torch.stack([s.last_frame for s in states])[:, None], x, torch.tensor(cfg.start_t))
+        times = timestep_schedule(steps, cfg.time_shift) * cfg.start_t
         for step in range(steps):
             t, t_next = float(times[step]), float(times[step + 1])
             rows, weights = self._rows(states, conditions, step, steps)

@@ -138,3 +138,17 @@ def test_misuse_is_reported(sampler: StreamingSampler) -> None:
     state.close()
     with pytest.raises(ValueError, match="no caches"):
         sampler.generate([state], conditions(1))
+
+
+def test_warm_start_from_the_previous_frame(sampler: StreamingSampler) -> None:
+    """start_t < 1: a chunk starts from the previous frame noised to start_t; still cached == naive,
+    and a low start_t keeps the first chunk near the reference (the previous frame at stream start)."""
+    data = CONFIG.model_dump()
+    data["sampler"].update(start_t=0.05)
+    warm = StreamingSampler(sampler.dit, ModelConfig.model_validate(data))
+    cached, naive = warm.init_state(reference(), 9), warm.init_state(reference(), 9)
+    for cond in conditions(4):
+        assert (warm.generate([cached], [cond]) - warm.naive_generate([naive], [cond])).abs().max() <= 1e-4
+    first = warm.generate([warm.init_state(reference(), 9)], conditions(1))[0, 0]
+    cold = sampler.generate([sampler.init_state(reference(), 9)], conditions(1))[0, 0]
+    assert (first - reference()[0]).abs().mean() < 0.5 * (cold - reference()[0]).abs().mean()
