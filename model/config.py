@@ -186,8 +186,8 @@ class ModelConfig(_Section):
             audio_frames_per_video_frame=self.audio_frames_per_video_frame,
             audio_window_frames=self.audio.window_frames, pose_channels=d.pose_channels,
             pose_neighbor_frames=d.pose_neighbor_frames, pose_guider_channels=d.pose_guider_channels,
-            pose_latent_channels=d.pose_latent_channels, text_dim=d.text_dim, ref_index=d.ref_index, concat_reference=d.concat_reference,
-            concat_last_context=d.concat_last_context,
+            pose_latent_channels=d.pose_latent_channels, text_dim=d.text_dim, ref_index=d.ref_index,
+            concat_reference=d.concat_reference, concat_last_context=d.concat_last_context,
             rope_theta=d.rope_theta, frequency_embedding_size=d.frequency_embedding_size,
         )
 

@@ -18,6 +18,7 @@ import io
 import json
 import os
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -115,9 +116,9 @@ class DatasetIndex(BaseModel):
     version: int = FORMAT_VERSION
     clips: list[IndexEntry] = Field(default_factory=list)
 
-    def split(self, name: str) -> list[IndexEntry]:
-        """Entries of one split."""
-        return [c for c in self.clips if c.split == name]
+    def split(self, name: str, framings: Sequence[str] | None = None) -> list[IndexEntry]:
+        """Entries of one split (only those of the given framings, when given)."""
+        return [c for c in self.clips if c.split == name and (framings is None or c.framing in framings)]
 
 
 def index_entry(meta: ClipMeta) -> IndexEntry:

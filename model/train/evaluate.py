@@ -90,9 +90,8 @@ def load_heldout(root: Path, settings: EvalSettings, pipe: AvatarPipeline, limit
     unit = pipe.vae.downsample * pipe.dit.config.patch_size
     area = pipe.config.height * pipe.config.width
     size = (pipe.config.height, pipe.config.width)
-    entries = [e for e in fmt.read_index(root).split(settings.split)
-               if {"audio", "pose"} <= set(e.conditions) and bucket_size(e.width, e.height, area, unit) == size
-               and (settings.framings is None or e.framing in settings.framings)]
+    entries = [e for e in fmt.read_index(root).split(settings.split, settings.framings)
+               if {"audio", "pose"} <= set(e.conditions) and bucket_size(e.width, e.height, area, unit) == size]
     if not entries:
         framed = f" {'/'.join(settings.framings)}" if settings.framings else ""
         raise InputError(f"dataset {root} has no {settings.split!r}{framed} clips with audio, keypoints and the "

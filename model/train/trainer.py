@@ -39,8 +39,7 @@ def split_entries(config: DitTrainConfig) -> tuple[list[fmt.IndexEntry], list[fm
     root = Path(config.data.root)
     index = fmt.read_index(root)
     framings = config.data.framings
-    train, heldout = ([c for c in index.split(name) if framings is None or c.framing in framings]
-                      for name in (config.data.split, "val"))
+    train, heldout = index.split(config.data.split, framings), index.split("val", framings)
     if not train:
         raise InputError(f"dataset {root} has no clips in split {config.data.split!r}"
                          + (f" with framing {', '.join(framings)}" if framings else ""))
@@ -58,10 +57,11 @@ def initial_dit(config: DitTrainConfig, model_config) -> OmniHumanDiT:
     source = Path(config.init_from) / "dit"
     if not (source / "config.json").is_file():
         raise InputError(f"init_from: no DiT at {source} (expected a pipeline folder such as weights/tiny)")
-    dit = OmniHumanDiT.from_pretrained(source)
-    fresh = OmniHumanDiT(**model_config.dit_kwargs())
-    if {k: v.shape for k, v in dit.state_dict().items()} != {k: v.shape for k, v in fresh.state_dict().items()}:
-        raise InputError(f"init_from: the DiT at {source} does not match the model config {config.model!r}")
+    dit = OmniHumanDiT(**model_config.dit_kwargs())  # the model config's settings, the source's weights
+    try:
+        dit.load_state_dict(OmniHumanDiT.from_pretrained(source).state_dict())
+    except RuntimeError as error:
+        raise InputError(f"init_from: the DiT at {source} does not match the model config {config.model!r}") from error
     logger.info("fine-tuning from %s", source)
     return dit
 
