@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from avatar_server.cli import main
 from model.config import load_model_config
+from model.flow import timestep_schedule
 from model.train.cache import load_cache
 from model.train.config import load_train_config
 from model.train.trainer import make_builder
@@ -69,6 +70,24 @@ def test_samples_mirror_streaming_and_respect_stage_ratios(setup: dict[str, Path
     assert torch.equal(batch.latents[:, :r], batch.clean[:, :r])  # the reference is not noised
     assert 0.3 < batch.drop_audio.float().mean() < 0.7 and not batch.drop_text.any()
     assert batch.audio.shape[:3] == (64, f, model_config.audio.window_frames)
+
+
+def test_schedule_time_prob_trains_the_samplers_own_step_times(setup: dict[str, Path]) -> None:
+    """With schedule_time_prob the chunk times include the sampler's first step (t = 1), which
+    logit-normal times never reach; without it, none is exactly a step time."""
+    assert main(_args(setup, setup["cache"].parent / "warm", 1)) == 0
+    model_config = load_model_config(setup["model"])
+    steps = set(float(t) for t in timestep_schedule(model_config.sampler.steps, model_config.sampler.time_shift)[:-1])
+    clips = load_cache(setup["cache"], ["toy000", "toy001"])
+    for prob in (0.0, 0.5):
+        config = load_train_config(CONFIG, {"model": str(setup["model"]), "sample.schedule_time_prob": str(prob)})
+        batch = make_builder(clips, config, model_config).build(256, config.stages[0], step_generator(0, 0, 0))
+        chunk_t = batch.timesteps[:, -1].tolist()
+        at_steps = sum(t in steps for t in chunk_t) / len(chunk_t)
+        if prob == 0.0:
+            assert at_steps == 0.0 and max(chunk_t) < 1.0
+        else:
+            assert 0.35 < at_steps < 0.65 and 1.0 in chunk_t
 
 
 def test_dit_loss_falls(setup: dict[str, Path], tmp_path: Path) -> None:

@@ -121,6 +121,8 @@ class SampleConfig(_Strict):
     vad_gate_prob: float = Field(0.5, ge=0.0, le=1.0, description="gate unvoiced frames to silence, as the server's VAD does")
     mouth_loss_weight: float = Field(1.0, ge=1.0, description="loss weight of latent cells at the lips (from the lips heatmap); 1 = uniform")
     stream_start_prob: float = Field(0.1, ge=0.0, le=1.0, description="context filled with the reference latent, as at stream start")
+    schedule_time_prob: float = Field(0.0, ge=0.0, le=1.0, description="probability that the chunk is noised at one of "
+                                      "the sampler's own step times (t = 1 first), which logit-normal times almost never reach")
 
 
 class DitTrainConfig(_Strict):

@@ -58,8 +58,9 @@ class StreamingSampleBuilder:
 
     def __init__(self, clips: list[CachedClip], context_frames: int, chunk_frames: int, reference_frames: int,
                  sample: SampleConfig, past_frames: int = 0, silence: torch.Tensor | None = None,
-                 timestep_shift: float = 1.0):
+                 timestep_shift: float = 1.0, schedule_times: torch.Tensor | None = None):
         self.m, self.f, self.r = context_frames, chunk_frames, reference_frames
+        self.schedule_times = schedule_times  # [S] the sampler's step start times (1 first), drawn with schedule_time_prob
         self.past = past_frames
         self.silence = silence  # [K, A] features of a silent frame (what gated frames become)
         self.sample = sample
@@ -126,6 +127,19 @@ class StreamingSampleBuilder:
         lips = F.max_pool2d(lips, kernel_size=3, stride=1, padding=1)
         return 1.0 + (self.sample.mouth_loss_weight - 1.0) * lips
 
+    def _chunk_times(self, b: int, g: torch.Generator) -> torch.Tensor:
+        """Flow times [B] of the chunks: logit-normal, or with schedule_time_prob one of the sampler's step times.
+
+        A 2-step sampler asks the model at t = 1 and t = 0.5 only; logit-normal draws t > 0.9 about 1 % of
+        the time, so without this the first step, where the mouth shape is decided, is barely trained.
+        """
+        t = sample_timesteps((b,), shift=self.timestep_shift, generator=g)
+        if self.schedule_times is None or self.sample.schedule_time_prob == 0.0:
+            return t
+        use = torch.rand(b, generator=g) < self.sample.schedule_time_prob
+        picks = self.schedule_times[torch.randint(len(self.schedule_times), (b,), generator=g)]
+        return torch.where(use, picks, t)
+
     # ---------------------------------------------------------------- batch
 
     def build(self, batch_size: int, stage: StageConfig, g: torch.Generator) -> Batch:
@@ -163,7 +177,7 @@ class StreamingSampleBuilder:
         clean = torch.stack(rows["clean"])
         b = clean.shape[0]
         noise = torch.randn(clean.shape, generator=g)
-        chunk_t = sample_timesteps((b,), shift=self.timestep_shift, generator=g)
+        chunk_t = self._chunk_times(b, g)
         timesteps = torch.cat([torch.zeros(b, self.r), torch.stack(rows["context_t"]), chunk_t[:, None].expand(b, self.f)], 1)
         loss_weight = torch.cat([torch.zeros(b, self.r + self.m), torch.ones(b, self.f)], 1)
         return Batch(

@@ -15,7 +15,7 @@ from model.config import load_model_config
 from model.data import format as fmt
 from model.dit import OmniHumanDiT
 from model.errors import InputError
-from model.flow import flow_loss, velocity_target
+from model.flow import flow_loss, timestep_schedule, velocity_target
 from model.train.cache import build_cache, load_cache
 from model.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from model.train.config import DitTrainConfig
@@ -71,7 +71,8 @@ def make_builder(clips, config: DitTrainConfig, model_config) -> StreamingSample
     s = model_config.sampler
     return StreamingSampleBuilder(clips, s.context_frames, s.chunk_frames, s.reference_frames, config.sample,
                                   past_frames=model_config.audio.past_frames, silence=silence_features(model_config),
-                                  timestep_shift=s.time_shift)
+                                  timestep_shift=s.time_shift,
+                                  schedule_times=timestep_schedule(s.steps, s.time_shift)[:-1])
 
 
 def compute_loss(model: torch.nn.Module, batch: Batch, device: torch.device, precision: str) -> torch.Tensor:
