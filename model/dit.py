@@ -280,6 +280,18 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
+    def load_state_dict_widening_input(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the weights of a DiT whose input had fewer channels (no reference / last-context channels):
+        its x_embedder columns come first and the added channels start at zero, so this model starts out
+        computing exactly what the source did (as inpainting models are initialised from text-to-image ones)."""
+        source = state["x_embedder.weight"]  # [D, C_source * p * p]; patch vectors are channel-major
+        own = self.x_embedder.weight
+        if source.shape[0] == own.shape[0] and source.shape[1] < own.shape[1]:
+            widened = own.new_zeros(own.shape)
+            widened[:, : source.shape[1]] = source
+            state = {**state, "x_embedder.weight": widened}
+        self.load_state_dict(state)
+
     # ------------------------------------------------------------------ helpers
 
     def _patchify(self, x: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,18 @@ def test_concatenated_reference_and_last_context_reach_the_chunk() -> None:
 
 
 @torch.no_grad()
+def test_widening_a_trained_dit_to_concat_channels_starts_where_it_was() -> None:
+    """Fine-tuning into concat_* from a DiT without them: the added input channels start at zero, so the
+    widened model computes what the source did; a source with another layout is refused."""
+    source, x = make_dit(concat=False), inputs()
+    widened = make_dit(seed=5, concat=True)
+    widened.load_state_dict_widening_input(source.state_dict())
+    assert torch.allclose(full(widened, x), full(source, x), atol=1e-6)
+    with pytest.raises(RuntimeError):
+        make_dit(concat=True).load_state_dict_widening_input(make_dit(pose_channels=0).state_dict())
+
+
+@torch.no_grad()
 def test_reference_and_context_ignore_chunk_and_conditions() -> None:
     dit, x = make_dit(), inputs()
     base = full(dit, x)

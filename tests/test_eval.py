@@ -63,7 +63,7 @@ def test_eval_command_reports_every_figure(tmp_path: Path, capsys: pytest.Captur
                  "--framing", "face", "--sweep-steps", "1", "--sweep-cfg", "1,2", "--drift-minutes", "0.02", "--no-vad", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
-    for key in ("lipsync_corr", "metric_validity", "silence_ratio", "psnr", "ssim", "seam_ratio", "motion_ratio"):
+    for key in ("lipsync_corr", "metric_validity", "lipsync_vae_ceiling", "silence_ratio", "psnr", "ssim", "seam_ratio", "motion_ratio"):
         assert key in result
     assert result["metric_validity"] > 0.8 and result["psnr"] > 0
     assert [(r["steps"], r["audio_cfg"]) for r in result["sweep"]] == [(1, 1.0), (1, 2.0)]

@@ -58,6 +58,13 @@ def test_vae_resume_is_exact(toy: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_vae_framings_select_the_training_clips(toy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """`data.framings` (a face close-up decoder, say) keeps only those clips; none left is a clear error."""
+    assert _train(toy, tmp_path / "face", 2, ("--set", "data.framings=[face]")) == 0
+    assert _train(toy, tmp_path / "none", 2, ("--set", "data.framings=[full_body]")) == 2
+    assert "full_body" in capsys.readouterr().err
+
+
 def test_bad_training_config_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """A typo in the config -> exit 2 with the key named, no traceback."""
     bad = tmp_path / "bad.yaml"

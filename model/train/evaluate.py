@@ -4,7 +4,9 @@ Every figure is measured on decoded RGB frames, never on latents:
 - lip sync: Pearson correlation between the ground-truth mouth openness (studio keypoints) and the
   openness measured on generated frames = fraction of dark pixels (luma < 0.55 x the box median)
   inside the ground-truth lip-contour box; `metric_validity` is the same correlation measured on the
-  ground-truth frames, i.e. how well the frame measure can follow a mouth at this resolution.
+  ground-truth frames, i.e. how well the frame measure can follow a mouth at this resolution, and
+  `lipsync_vae_ceiling` the same on the ground truth passed through the checkpoint's VAE (encode ->
+  decode): the most lip sync any DiT can reach through that VAE.
 - silence: median openness over silent stretches / median over speaking frames (generated frames).
 - reconstruction: PSNR / SSIM of offline renders (audio + pose + text given) vs the ground truth.
 - motion: mean frame-to-frame change of audio-only streams / of the ground truth (1 = as lively).
@@ -24,6 +26,7 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import torch
 
 from model.data import format as fmt
 from model.data import keypoints as kp
@@ -175,6 +178,13 @@ def lip_figures(clip: HeldoutClip, generated: np.ndarray) -> dict[str, float]:
     }
 
 
+@torch.no_grad()
+def vae_roundtrip(pipe: AvatarPipeline, frames: np.ndarray) -> np.ndarray:
+    """uint8 frames [T, H, W, 3] through the pipeline's VAE (encode -> decode), uint8 [T, H, W, 3]."""
+    pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)  # [T, 3, H, W]
+    return pipe.vae.decode_uint8(pipe.vae.encode(pixels)).numpy()
+
+
 def motion_energy(frames: np.ndarray) -> float:
     """Mean absolute frame-to-frame change (0..255 scale)."""
     return float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean())
@@ -206,6 +216,7 @@ def evaluate(checkpoint: Path, data: Path, settings: EvalSettings,
         truth, fake = uint8_to_float(clip.frames[:n]), uint8_to_float(rendered[:n])
         row = {"id": clip.id, "framing": clip.framing, "frames": len(clip.frames), **lip_figures(clip, streamed),
                "lipsync_corr_pose": lip_figures(clip, rendered)["lipsync_corr"],
+               "lipsync_vae_ceiling": lip_figures(clip, vae_roundtrip(pipe, clip.frames))["lipsync_corr"],
                "psnr": psnr(fake, truth), "ssim": ssim(fake, truth),
                "psnr_audio_only": psnr(uint8_to_float(streamed[:n]), truth),
                "motion_ratio": motion_energy(streamed) / max(motion_energy(clip.frames), 1e-6),
@@ -214,7 +225,7 @@ def evaluate(checkpoint: Path, data: Path, settings: EvalSettings,
         logger.info("eval %s (%s): %s", clip.id, clip.framing,
                     ", ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)))
     summary = {key: _nanmean([row[key] for row in per_clip]) for key in
-               ("lipsync_corr", "lipsync_corr_pose", "metric_validity", "silence_ratio", "open_speaking",
+               ("lipsync_corr", "lipsync_corr_pose", "lipsync_vae_ceiling", "metric_validity", "silence_ratio", "open_speaking",
                 "open_silent", "psnr", "ssim", "psnr_audio_only", "motion_ratio", "seam_ratio")}
     result = {"checkpoint": str(checkpoint), "data": str(data), "split": settings.split, "clips": len(per_clip),
               "chunk_frames": chunk_frames, "steps": pipe.config.steps, "vad": make_activity is not None, **summary,

@@ -51,7 +51,8 @@ def split_entries(config: DitTrainConfig) -> tuple[list[fmt.IndexEntry], list[fm
 
 
 def initial_dit(config: DitTrainConfig, model_config) -> OmniHumanDiT:
-    """Random weights, or the DiT of the pipeline folder `init_from` (fine-tuning); shapes must match the config."""
+    """Random weights, or the DiT of the pipeline folder `init_from` (fine-tuning): shapes must match the
+    config, except that the config may add reference / last-context input channels (they start at zero)."""
     if config.init_from is None:
         return OmniHumanDiT(**model_config.dit_kwargs())
     source = Path(config.init_from) / "dit"
@@ -59,7 +60,7 @@ def initial_dit(config: DitTrainConfig, model_config) -> OmniHumanDiT:
         raise InputError(f"init_from: no DiT at {source} (expected a pipeline folder such as weights/tiny)")
     dit = OmniHumanDiT(**model_config.dit_kwargs())  # the model config's settings, the source's weights
     try:
-        dit.load_state_dict(OmniHumanDiT.from_pretrained(source).state_dict())
+        dit.load_state_dict_widening_input(OmniHumanDiT.from_pretrained(source).state_dict())
     except RuntimeError as error:
         raise InputError(f"init_from: the DiT at {source} does not match the model config {config.model!r}") from error
     logger.info("fine-tuning from %s", source)

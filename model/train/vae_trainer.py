@@ -48,11 +48,12 @@ class FramePool:
         return sum(len(f) for f in self.frames)
 
 
-def select_clips(root: Path, split: str, limit: int | None) -> list[fmt.IndexEntry]:
-    """Index entries of one split, in id order, at most `limit`."""
-    entries = fmt.read_index(root).split(split)
+def select_clips(root: Path, split: str, limit: int | None, framings: list[str] | None = None) -> list[fmt.IndexEntry]:
+    """Index entries of one split (only the given framings, when set), in id order, at most `limit`."""
+    entries = fmt.read_index(root).split(split, framings)
     if not entries:
-        raise InputError(f"dataset {root} has no clips in split {split!r}")
+        framed = f" {'/'.join(framings)}" if framings else ""
+        raise InputError(f"dataset {root} has no{framed} clips in split {split!r}")
     return entries[:limit] if limit else entries
 
 
@@ -173,10 +174,11 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
     unit = 2 ** (len(model_config.vae.encoder_block_out_channels) - 1) * model_config.dit.patch_size
     area = model_config.video.height * model_config.video.width
     root = Path(config.data.root)
-    train_entries = select_clips(root, config.data.split, config.data.max_clips)
+    framings = config.data.framings
+    train_entries = select_clips(root, config.data.split, config.data.max_clips, framings)
     index = fmt.read_index(root)
-    heldout_split = next((s for s in ("val", "test") if index.split(s)), config.data.split)
-    heldout_entries = [e for e in index.split(heldout_split) if e not in train_entries][: config.data.holdout_clips]
+    heldout_split = next((s for s in ("val", "test") if index.split(s, framings)), config.data.split)
+    heldout_entries = [e for e in index.split(heldout_split, framings) if e not in train_entries][: config.data.holdout_clips]
     if not heldout_entries:
         heldout_entries, train_entries = train_entries[-1:], train_entries[:-1] or train_entries
     pool = build_pool(root, train_entries, area, unit, config.loss, FRAMES_PER_CLIP)
