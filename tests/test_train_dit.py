@@ -139,6 +139,26 @@ def test_export_writes_a_pipeline_that_renders(setup: dict[str, Path], tmp_path:
     assert main(_args(setup, tmp_path / "empty", 5, "--export")) == 2  # nothing trained yet: a clear error
 
 
+def test_export_ships_a_retrained_decoder_only_if_it_shares_the_encoder(setup: dict[str, Path], tmp_path: Path) -> None:
+    """`export_vae`: a decoder retrained on the caching VAE's encoder is what the pipeline ships; a VAE with
+    another encoder is refused before training starts (its latents would not be the DiT's)."""
+    from model.pipeline import AvatarPipeline
+
+    decoder_only = FrameVAE.from_pretrained(setup["vae"])
+    with torch.no_grad():
+        for p in decoder_only.autoencoder.decoder.parameters():
+            p.add_(0.01)
+    decoder_only.save_pretrained(tmp_path / "decoder")
+    torch.manual_seed(1)
+    FrameVAE.from_config(load_model_config(setup["model"]).vae).save_pretrained(tmp_path / "other")
+
+    assert main(_args(setup, tmp_path / "run", 2, "--set", f"export_vae={tmp_path / 'decoder'}",
+                      "--set", f"export_dir={tmp_path / 'pipe'}")) == 0
+    shipped = AvatarPipeline.from_pretrained(tmp_path / "pipe").vae.autoencoder.decoder.state_dict()
+    assert all(torch.equal(shipped[k], v) for k, v in decoder_only.autoencoder.decoder.state_dict().items())
+    assert main(_args(setup, tmp_path / "bad", 2, "--set", f"export_vae={tmp_path / 'other'}")) == 2
+
+
 def test_fine_tuning_starts_from_the_given_pipeline(setup: dict[str, Path], tmp_path: Path) -> None:
     """`init_from: PIPELINE` starts from that DiT; a folder without one is a clear error (exit 2)."""
     from model.pipeline import AvatarPipeline

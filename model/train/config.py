@@ -138,6 +138,8 @@ class DitTrainConfig(_Strict):
     stages: list[StageConfig]
     init_from: str | None = Field(None, description="fine-tune: start from the DiT of this pipeline folder instead of random weights")
     export_dir: str | None = Field(None, description="write an AvatarPipeline folder here when training ends")
+    export_vae: str | None = Field(None, description="VAE the exported pipeline ships (default: vae); must share "
+                                   "vae's encoder, i.e. a decoder retrained with freeze_encoder")
     export_sampler: dict[str, float | int | str] = Field(
         default_factory=dict, description="sampler defaults written into the exported pipeline.json (e.g. context_t)")
     eval_clips: int = 2

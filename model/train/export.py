@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from model.config import ModelConfig, SamplerSection, load_model_config
 from model.dit import OmniHumanDiT
+from model.errors import InputError
 from model.pipeline import AvatarPipeline
 from model.train.checkpoint import latest_checkpoint
 from model.train.config import DitTrainConfig
@@ -20,9 +21,29 @@ logger = logging.getLogger(__name__)
 TRAINING_FILE = "training.json"
 
 
-def export_pipeline(dit: OmniHumanDiT, vae_dir: Path, model_config: ModelConfig, export_dir: Path,
+def shipped_vae(config: DitTrainConfig) -> Path:
+    """The VAE folder the pipeline ships: `export_vae`, else the caching `vae`. An export_vae must have the
+    caching VAE's encoder and latent scaling (a decoder retrained with freeze_encoder), or the DiT's
+    latents would mean something else to it."""
+    cached = Path(config.vae)
+    if config.export_vae is None:
+        return cached
+    shipped = Path(config.export_vae)
+    if not (shipped / "config.json").is_file():
+        raise InputError(f"export_vae: no trained VAE at {shipped}")
+    a, b = FrameVAE.from_pretrained(cached), FrameVAE.from_pretrained(shipped)
+    a_enc, b_enc = a.autoencoder.encoder.state_dict(), b.autoencoder.encoder.state_dict()
+    same = (a.scaling_factor, a.shift_factor) == (b.scaling_factor, b.shift_factor) and a_enc.keys() == b_enc.keys() \
+        and all(a_enc[k].equal(b_enc[k]) for k in a_enc)
+    if not same:
+        raise InputError(f"export_vae {shipped} does not share the encoder of vae {cached} "
+                         "(train it with freeze_encoder: true and init_from the caching VAE)")
+    return shipped
+
+
+def export_pipeline(dit: OmniHumanDiT, model_config: ModelConfig, export_dir: Path,
                     config: DitTrainConfig, info: dict | None = None) -> Path:
-    """Save dit + vae + pipeline.json into export_dir, plus training.json (recipe and run figures).
+    """Save dit + the shipped vae + pipeline.json into export_dir, plus training.json (recipe and run figures).
 
     `config.export_sampler` overrides sampler defaults in the written model config (e.g. the context
     noise level `context_t` that matches the context-noise augmentation the model was trained with).
@@ -30,6 +51,7 @@ def export_pipeline(dit: OmniHumanDiT, vae_dir: Path, model_config: ModelConfig,
     if config.export_sampler:
         sampler = SamplerSection.model_validate({**model_config.sampler.model_dump(), **config.export_sampler})
         model_config = ModelConfig.model_validate({**model_config.model_dump(), "sampler": sampler.model_dump()})
+    vae_dir = shipped_vae(config)
     pipe = AvatarPipeline(model_config, dit.eval(), FrameVAE.from_pretrained(vae_dir))
     pipe.save_pretrained(export_dir)
     vae_metrics = vae_dir / "metrics.json"
@@ -51,6 +73,6 @@ def export_latest(config: DitTrainConfig, export_dir: Path | None = None, checkp
     dit.load_state_dict(load_file(str(weights if weights.is_file() else found / "model.safetensors")))
     state = json.loads((found / "state.json").read_text())
     target = Path(export_dir or config.export_dir or Path(config.run.output_dir) / "pipeline")
-    export_pipeline(dit, Path(config.vae), model_config, target, config,
+    export_pipeline(dit, model_config, target, config,
                     {"checkpoint": str(found), "steps_trained": state["step"], "weights": "ema"})
     return {"export_dir": str(target), "steps_trained": state["step"]}

@@ -21,7 +21,7 @@ from model.train.checkpoint import latest_checkpoint, load_checkpoint, save_chec
 from model.train.config import DitTrainConfig
 from model.train.distributed import DistContext
 from model.train.ema import EMA
-from model.train.export import export_pipeline
+from model.train.export import export_pipeline, shipped_vae
 from model.train.log import TrainLog
 from model.train.sampling import Batch, StreamingSampleBuilder
 from model.train.schedule import autocast, lr_at, make_optimizer, step_generator
@@ -106,6 +106,7 @@ def train_dit(config: DitTrainConfig, ctx: DistContext, resume: bool = True, unt
     vae_dir = Path(config.vae)
     if not (vae_dir / "config.json").is_file():
         raise InputError(f"trained VAE not found at {vae_dir}: run the VAE config first (omnilive train --config configs/train/vae-tiny.yaml)")
+    shipped_vae(config)  # a mismatched export_vae fails now, not after training
     if config.run.threads:
         torch.set_num_threads(config.run.threads)
     train_entries, heldout_entries = split_entries(config)
@@ -181,7 +182,7 @@ def train_dit(config: DitTrainConfig, ctx: DistContext, resume: bool = True, unt
                   "heldout_loss_ema": heldout_loss(dit, heldout_builder, config, ctx),
                   "wall_s_this_run": round(time.monotonic() - began, 1)}
         if config.export_dir:
-            export_pipeline(dit, vae_dir, model_config, Path(config.export_dir), config,
+            export_pipeline(dit, model_config, Path(config.export_dir), config,
                             {"steps_trained": total, "weights": "ema", **result})
             result["export_dir"] = config.export_dir
     return result
