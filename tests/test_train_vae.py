@@ -58,6 +58,20 @@ def test_vae_resume_is_exact(toy: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_decoder_only_training_keeps_the_encoder_bit_identical(toy: Path, tmp_path: Path) -> None:
+    """freeze_encoder (+ latent noise): the decoder changes, the encoder and the latent scaling do not, so
+    caches and DiTs built on the first VAE stay valid and a pipeline may ship the new decoder."""
+    assert _train(toy, tmp_path / "first", 5) == 0
+    assert _train(toy, tmp_path / "decoder", 8, ("--set", f"init_from={tmp_path / 'first' / 'final'}",
+                                                 "--set", "freeze_encoder=true", "--set", "latent_noise_max=0.2")) == 0
+    before, after = (FrameVAE.from_pretrained(tmp_path / d / "final") for d in ("first", "decoder"))
+    enc_a, enc_b = before.autoencoder.encoder.state_dict(), after.autoencoder.encoder.state_dict()
+    assert all(torch.equal(enc_a[k], enc_b[k]) for k in enc_a)
+    assert (before.scaling_factor, before.shift_factor) == (after.scaling_factor, after.shift_factor)
+    dec_a, dec_b = before.autoencoder.decoder.state_dict(), after.autoencoder.decoder.state_dict()
+    assert any(not torch.equal(dec_a[k], dec_b[k]) for k in dec_a)
+
+
 def test_vae_framings_select_the_training_clips(toy: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """`data.framings` (a face close-up decoder, say) keeps only those clips; none left is a clear error."""
     assert _train(toy, tmp_path / "face", 2, ("--set", "data.framings=[face]")) == 0

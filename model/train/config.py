@@ -88,6 +88,9 @@ class VaeTrainConfig(_Strict):
     crop: int = Field(128, description="square training crop in pixels (frames are resized to the model size first)")
     init_from: str | None = Field(None, description="start from this trained VAE folder instead of random weights")
     freeze_encoder: bool = Field(False, description="train the decoder only: latents (and caches built on them) stay valid")
+    latent_noise_max: float = Field(0.0, ge=0.0, description="decode latents plus N(0, s^2) noise, s ~ U(0, max) per frame "
+                                    "in the DiT's scaled latent units: a decoder that also removes the small latent errors a "
+                                    "few-step DiT leaves (LTX-Video's VAE decoder likewise does the last denoising step)")
 
 
 class StageConfig(_Strict):

@@ -7,7 +7,9 @@ from torch import nn
 
 
 class EMA:
-    """Keeps `shadow = decay * shadow + (1 - decay) * weights` for every floating tensor of a model."""
+    """Keeps `shadow = decay * shadow + (1 - decay) * weights` for every trained floating tensor of a model;
+    frozen parameters and buffers that are not floats are copied as they are (averaging a constant in
+    float32 would still drift it by rounding, e.g. a frozen VAE encoder whose latents must not change)."""
 
     def __init__(self, model: nn.Module, decay: float):
         self.decay = decay
@@ -17,9 +19,10 @@ class EMA:
     def update(self, model: nn.Module, step: int) -> None:
         """Blend the current weights in; the decay warms up as (1 + step) / (10 + step) early on."""
         decay = min(self.decay, (1 + step) / (10 + step))
+        frozen = {name for name, p in model.named_parameters() if not p.requires_grad}
         for name, tensor in model.state_dict().items():
             shadow = self.shadow[name]
-            if tensor.dtype.is_floating_point:
+            if tensor.dtype.is_floating_point and name not in frozen:
                 shadow.mul_(decay).add_(tensor.detach().float(), alpha=1.0 - decay)
             else:
                 shadow.copy_(tensor)
