@@ -48,7 +48,7 @@ def _args(setup: dict[str, Path], out: Path, steps: int, *extra: str) -> list[st
             "run.output_dir": out, "run.steps": steps, "run.batch_size": 4, "run.log_every": 1,
             "run.checkpoint_every": 5, "run.keep_checkpoints": 10, "run.threads": 1,
             "optim.warmup_steps": 2, "optim.lr": 3e-3,
-            "export_dir": "null", "stages": "[{name: s1, steps: 4, ratios: {reference: 1, text: 0.9}}, "
+            "export_dir": "null", "export_vae": "null", "stages": "[{name: s1, steps: 4, ratios: {reference: 1, text: 0.9}}, "
                                             "{name: s2, steps: 1000, ratios: {reference: 0.9, text: 0.9, audio: 0.5}}]"}
     return ["train", "--config", str(CONFIG), *[a for k, v in sets.items() for a in ("--set", f"{k}={v}")], *extra]
 
