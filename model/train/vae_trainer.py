@@ -143,12 +143,12 @@ def heldout_psnr(vae: FrameVAE, pool: FramePool) -> dict[str, float]:
 
 
 @torch.no_grad()
-def latent_noise(latents: torch.Tensor, max_std: float, generator: torch.Generator) -> torch.Tensor:
-    """Gaussian noise for raw latents [N, C, h, w] with a std ~ U(0, max_std) per frame (zeros when max_std is 0)."""
+def noised_latents(latents: torch.Tensor, max_std: float, generator: torch.Generator) -> torch.Tensor:
+    """Raw latents [N, C, h, w] plus Gaussian noise of a std ~ U(0, max_std) per frame (unchanged when max_std is 0)."""
     if max_std == 0.0:
-        return torch.zeros_like(latents)
+        return latents
     std = torch.rand(latents.shape[0], 1, 1, 1, generator=generator) * max_std
-    return (std * torch.randn(latents.shape, generator=generator)).to(latents)
+    return latents + (std * torch.randn(latents.shape, generator=generator)).to(latents)
 
 
 def fit_latent_scaling(vae: FrameVAE, pool: FramePool) -> tuple[float, float]:
@@ -213,7 +213,7 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
         with autocast(ctx.device, config.run.mixed_precision):
             with torch.set_grad_enabled(not config.freeze_encoder):
                 latents = net.encoder(pixels)
-            recon = net.decoder(latents + latent_noise(latents, config.latent_noise_max / vae.scaling_factor, generator)).float()
+            recon = net.decoder(noised_latents(latents, config.latent_noise_max / vae.scaling_factor, generator)).float()
         loss, parts = reconstruction_loss(recon, pixels, weights, latents.float(), config.loss)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
