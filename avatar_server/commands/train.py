@@ -1,4 +1,4 @@
-"""`omnilive train --config configs/train/NAME.yaml`: train the frame VAE or the DiT (omni-conditions)."""
+"""`omnilive train --config configs/train/NAME.yaml`: train the frame VAE, the DiT (omni-conditions) or the mouth locator."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 from model.errors import InputError
-from model.train.config import DitTrainConfig, load_train_config
+from model.train.config import DitTrainConfig, LocatorTrainConfig, MotionTrainConfig, load_train_config
 from model.train.distributed import init_distributed, launch, shutdown_distributed
 
 logger = logging.getLogger(__name__)
@@ -20,8 +20,8 @@ logger = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` parser."""
     parser = subparsers.add_parser(
-        "train", help="train the frame VAE or the DiT from a training config",
-        description="Train from configs/train/*.yaml (kind: vae or dit). Resumes from the newest checkpoint "
+        "train", help="train the frame VAE, the DiT, the audio->motion model or the mouth locator from a training config",
+        description="Train from configs/train/*.yaml (kind: vae, dit, motion or locator). Resumes from the newest checkpoint "
                     "in the run's output_dir unless --no-resume. Multi-process: --nproc N here, or torchrun.",
     )
     parser.add_argument("--config", required=True, help="training config YAML (e.g. configs/train/tiny.yaml)")
@@ -62,6 +62,12 @@ def train_entry(
         if isinstance(config, DitTrainConfig):
             from model.train.trainer import train_dit
             result = train_dit(config, ctx, resume=resume, until=until)
+        elif isinstance(config, MotionTrainConfig):
+            from model.train.motion_trainer import train_motion
+            result = train_motion(config)
+        elif isinstance(config, LocatorTrainConfig):
+            from model.train.locator_trainer import train_locator
+            result = train_locator(config, ctx, resume=resume, until=until)
         else:
             from model.train.vae_trainer import train_vae
             result = train_vae(config, ctx, resume=resume, until=until)

@@ -126,6 +126,9 @@ class SampleConfig(_Strict):
     stream_start_prob: float = Field(0.1, ge=0.0, le=1.0, description="context filled with the reference latent, as at stream start")
     schedule_time_prob: float = Field(0.0, ge=0.0, le=1.0, description="probability that the chunk is noised at one of "
                                       "the sampler's own step times (t = 1 first), which logit-normal times almost never reach")
+    guide_truth_prob: float = Field(0.2, ge=0.0, le=1.0, description="guide models: the guide's openness from the studio's "
+                                    "keypoints instead of the motion model's prediction")
+    guide_jitter: float = Field(0.05, ge=0.0, description="guide models: std of noise added to the guide's openness")
 
 
 class DitTrainConfig(_Strict):
@@ -145,6 +148,9 @@ class DitTrainConfig(_Strict):
                                    "vae's encoder, i.e. a decoder retrained with freeze_encoder")
     export_sampler: dict[str, float | int | str] = Field(
         default_factory=dict, description="sampler defaults written into the exported pipeline.json (e.g. context_t)")
+    motion: str | None = Field(None, description="guide models: the trained audio->motion folder (kind: motion) that "
+                               "builds the training guides and ships with the pipeline")
+    locator: str | None = Field(None, description="guide models: the trained mouth-locator folder the pipeline ships")
     eval_clips: int = 2
 
     @model_validator(mode="after")
@@ -168,7 +174,76 @@ class DitTrainConfig(_Strict):
         return len(self.stages) - 1, self.stages[-1]
 
 
-TrainConfig = VaeTrainConfig | DitTrainConfig
+class LocatorDataConfig(_Strict):
+    """Studio clips with keypoints: frames to learn from and the split that measures held-out error."""
+
+    root: str
+    split: str = "train"
+    heldout_split: str = "val"
+    max_clips: int | None = None
+    heldout_clips: int | None = Field(None, description="at most this many held-out clips (None = the whole split)")
+    framings: list[str] | None = Field(None, description="keep only clips of these framings (face, portrait, ...)")
+    frames_per_clip: int = Field(12, ge=1, description="evenly spaced frames per clip, open and closed mouths alike")
+
+
+class LocatorAugmentConfig(_Strict):
+    """Random zoom/shift crops (box coords follow), flips, colour jitter, and no-mouth negatives."""
+
+    zoom_min: float = Field(0.6, gt=0.0, description="crop side = image side / zoom; < 1 zooms out (border pixels pad)")
+    zoom_max: float = Field(2.0, gt=0.0)
+    margin: float = Field(0.12, ge=0.0, lt=0.5, description="the mouth centre stays this far inside the crop")
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    brightness: float = Field(0.25, ge=0.0, description="pixel offset ~ U(-b, b) in [-1, 1] units")
+    contrast: float = Field(0.3, ge=0.0, description="contrast factor ~ 1 + U(-c, c)")
+    saturation: float = Field(0.4, ge=0.0, description="saturation factor ~ 1 + U(-s, s)")
+    channel_shuffle_prob: float = Field(0.15, ge=0.0, le=1.0, description="permute RGB (other skin/background colours)")
+    noise_std: float = Field(0.03, ge=0.0, description="additive Gaussian noise std ~ U(0, n)")
+    blur_prob: float = Field(0.2, ge=0.0, le=1.0)
+    negative_fraction: float = Field(0.3, ge=0.0, lt=1.0, description="share of each batch that shows no face mouth")
+
+
+class LocatorLossConfig(_Strict):
+    """Centre L1 (image units), log-width L1 and binary cross-entropy of the confidence logit."""
+
+    centre: float = 10.0
+    width: float = 1.0
+    confidence: float = 0.5
+    heatmap_ce: float = 0.05
+
+
+class LocatorTrainConfig(_Strict):
+    """`kind: locator`: train the MouthLocator (model/conditioning/mouth_locator.py) on studio frames + keypoints."""
+
+    kind: Literal["locator"]
+    data: LocatorDataConfig
+    run: RunConfig
+    optim: OptimConfig = OptimConfig()
+    augment: LocatorAugmentConfig = LocatorAugmentConfig()
+    loss: LocatorLossConfig = LocatorLossConfig()
+    model: dict[str, int | float | list[int]] = Field(default_factory=dict, description="MouthLocator config overrides")
+    export_dir: str | None = Field(None, description="write the trained MouthLocator folder (+ training.json) here")
+
+    @model_validator(mode="after")
+    def _check_zoom(self) -> "LocatorTrainConfig":
+        if self.augment.zoom_min > self.augment.zoom_max:
+            raise ValueError(f"augment.zoom_min {self.augment.zoom_min} exceeds zoom_max {self.augment.zoom_max}")
+        return self
+
+
+class MotionTrainConfig(_Strict):
+    """`kind: motion`: the audio -> mouth-openness model (model/conditioning/motion.py) on cached audio windows."""
+
+    kind: Literal["motion"]
+    model: str
+    vae: str = Field(description="the VAE the feature cache is built with (shared with the DiT's cache)")
+    data: DataConfig
+    run: RunConfig
+    optim: OptimConfig = OptimConfig()
+    hidden_size: int = Field(128, gt=0)
+    vad_gate_prob: float = Field(0.7, ge=0.0, le=1.0, description="gate unvoiced frames to silence, as the server's VAD does")
+
+
+TrainConfig = VaeTrainConfig | DitTrainConfig | MotionTrainConfig | LocatorTrainConfig
 
 
 #################################################################################
@@ -189,9 +264,10 @@ def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainC
     for dotted, value in (overrides or {}).items():
         _set_dotted(raw, dotted, value)
     kind = raw.get("kind")
-    schema = {"vae": VaeTrainConfig, "dit": DitTrainConfig}.get(kind)
+    schema = {"vae": VaeTrainConfig, "dit": DitTrainConfig, "motion": MotionTrainConfig,
+              "locator": LocatorTrainConfig}.get(kind)
     if schema is None:
-        raise InputError(f"{path}: 'kind' must be 'vae' or 'dit', got {kind!r}")
+        raise InputError(f"{path}: 'kind' must be 'vae', 'dit', 'motion' or 'locator', got {kind!r}")
     try:
         return schema.model_validate(raw)
     except ValidationError as error:
