@@ -7,17 +7,21 @@ import logging
 from typing import Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 
 from avatar_server.avatars import Avatar
 from avatar_server.engine import Engine
 from avatar_server.metrics import Metrics
 from avatar_server.problems import Problem
 from avatar_server.runtime import PipelineHandle
+from avatar_server.sdp import parse_offer
 from avatar_server.session import Session, SessionOptions
 from avatar_server.settings import ServerSettings
 from avatar_server.vad import VoiceWorker
 
 logger = logging.getLogger(__name__)
+
+CLIENT_SDP_ERRORS = (ValueError, InvalidAccessError, InvalidStateError, OperationError)  # aiortc's own messages
 
 
 class SessionManager:
@@ -67,6 +71,7 @@ class SessionManager:
     async def create(self, offer_sdp: str, options: SessionOptions, avatar: Avatar) -> tuple[Session, str]:
         """Answer an SDP offer with a new session; Problem 503 when full, 400 for an unusable offer."""
         self._admit()
+        parse_offer(offer_sdp, self.settings.limits)
         self._pending += 1
         try:
             return await self._create(offer_sdp, options, avatar)
@@ -89,25 +94,38 @@ class SessionManager:
 
         pc.on("track", session.on_remote_track)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
-            kinds = {t.kind for t in pc.getTransceivers()}
-            if "video" not in kinds:
-                raise ValueError("the offer has no video m-line to send the avatar on")
-            pc.addTrack(session.video)
-            if "audio" in kinds:
-                pc.addTrack(session.audio)
-            await pc.setLocalDescription(await pc.createAnswer())
-        except Exception as error:  # aiortc raises many types for bad SDP
-            session.closed = True
-            await pc.close()
-            for task in list(session.tasks):
-                task.cancel()
-            raise Problem(400, f"unusable SDP offer: {error}", code="bad_sdp") from error
+            await self._negotiate(pc, session, offer_sdp)
+        except Exception as error:  # aiortc raises many types for offers the checks let through
+            await self._abandon(pc, session)
+            raise Problem(400, _sdp_detail(error), code="bad_sdp") from None
         self.sessions[session.id] = session
         session.start()
         logger.info("session %s: avatar %s, %dx%d @ %d fps", session.id, avatar.id, options.width, options.height,
                     options.fps)
         return session, pc.localDescription.sdp
+
+    @staticmethod
+    async def _negotiate(pc: RTCPeerConnection, session: Session, offer_sdp: str) -> None:
+        """Apply the offer, attach the avatar's tracks, create the answer."""
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        kinds = {t.kind for t in pc.getTransceivers()}
+        if "video" not in kinds:
+            raise ValueError("the offer has no video m-line to send the avatar on")
+        pc.addTrack(session.video)
+        if "audio" in kinds:
+            pc.addTrack(session.audio)
+        await pc.setLocalDescription(await pc.createAnswer())
+
+    @staticmethod
+    async def _abandon(pc: RTCPeerConnection, session: Session) -> None:
+        """Free a half-built peer connection; closing it may fail too (aiortc), which must not turn into a 500."""
+        session.closed = True
+        for task in list(session.tasks):
+            task.cancel()
+        try:
+            await pc.close()
+        except Exception as error:  # noqa: BLE001 - best effort on a connection that never worked
+            logger.debug("closing a rejected peer connection failed: %r", error)
 
     def _closed(self, session: Session, reason: str) -> None:
         if self.sessions.pop(session.id, None) is not None:
@@ -117,3 +135,11 @@ class SessionManager:
         """Stop admitting and end every session (shutdown)."""
         self.draining = True
         await asyncio.gather(*(s.close(reason) for s in list(self.sessions.values())), return_exceptions=True)
+
+
+def _sdp_detail(error: Exception) -> str:
+    """A client-facing message: aiortc's validation messages, never internal exception text."""
+    if isinstance(error, CLIENT_SDP_ERRORS) and str(error):
+        return f"unusable SDP offer: {error}"
+    logger.warning("SDP offer rejected by aiortc: %s", type(error).__name__)
+    return "unusable SDP offer: aiortc cannot negotiate it"
