@@ -16,18 +16,19 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avatar_server.audio import PCM16Decoder
 from avatar_server.auth import Authenticator, bearer
 from avatar_server.avatars import DEFAULT_AVATAR_ID, AvatarStore
 from avatar_server.engine import Engine
+from avatar_server.http import BodyLimit
 from avatar_server.metrics import Metrics
 from avatar_server.problems import Problem, install_problem_handlers, problem_response
 from avatar_server.runtime import PipelineHandle
 from avatar_server.session import Session, SessionOptions
 from avatar_server.sessions import SessionManager
 from avatar_server.settings import ServerSettings
+from avatar_server.text import check_text
 from avatar_server.vad import VoiceWorker
 from model.errors import InputError
 
@@ -76,35 +77,8 @@ class SessionResponse(BaseModel):
 
 
 #################################################################################
-#                                Body-size limit                                #
+#                                 Rate limit                                    #
 #################################################################################
-
-
-class BodyLimit:
-    """ASGI middleware: 413 for bodies over the limit (uploads to /v1/avatars get their own)."""
-
-    def __init__(self, app: ASGIApp, default: int, uploads: int) -> None:
-        self.app, self.default, self.uploads = app, default, uploads
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        limit = self.uploads if scope["path"].rstrip("/") == f"/{API_VERSION}/avatars" else self.default
-        length = dict(scope["headers"]).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > limit:
-            response = problem_response(413, f"request body over {limit} bytes", "body_too_large")
-            return await response(scope, receive, send)
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            seen += len(message.get("body", b""))
-            if seen > limit:
-                raise Problem(413, f"request body over {limit} bytes", code="body_too_large")
-            return message
-
-        await self.app(scope, limited, send)
 
 
 class RateLimiter:
@@ -188,7 +162,8 @@ def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
                   description="Real-time talking-body avatars over WebRTC. Errors are application/problem+json.")
     app.state.server = state
     install_problem_handlers(app)
-    app.add_middleware(BodyLimit, default=settings.limits.max_body_bytes, uploads=settings.limits.max_upload_bytes)
+    app.add_middleware(BodyLimit, default=settings.limits.max_body_bytes, uploads=settings.limits.max_upload_bytes,
+                       upload_path=f"/{API_VERSION}/avatars", timeout_s=settings.http.body_timeout_s)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
@@ -230,8 +205,11 @@ def _session_options(state: ServerState, body: SessionRequest) -> SessionOptions
     if width > media.max_width or height > media.max_height or min(width, height) < MIN_SIDE:
         raise Problem(422, f"size {width}x{height} is outside {MIN_SIDE}..{media.max_width}x{media.max_height}",
                       code="invalid_options")
-    if body.text is not None and len(body.text) > limits.max_text_chars:
-        raise Problem(422, f"text is longer than {limits.max_text_chars} characters", code="invalid_options")
+    if body.text is not None:
+        try:
+            check_text(body.text, "text", limits.max_text_chars)
+        except InputError as error:
+            raise Problem(422, str(error), code="invalid_options") from None
     guidance = body.guidance.model_dump(exclude_none=True) if body.guidance else None
     return SessionOptions(avatar=body.avatar, fps=fps, width=width, height=height, text=body.text,
                           guidance=guidance or None)
@@ -412,16 +390,20 @@ def _error(code: str, detail: str) -> dict[str, Any]:
     return {"type": "error", "code": code, "detail": detail}
 
 
-def _parse_pose(value: Any) -> np.ndarray | None:
-    """[[x, y, visibility], ...] in [0, 1] image coordinates, or null."""
+def _parse_pose(value: Any, expected: int) -> np.ndarray | None:
+    """[[x, y, visibility], ...] in [0, 1] image coordinates (`expected` of them), or null."""
     if value is None:
         return None
+    if not expected:
+        raise InputError("this model takes no pose")
+    if not isinstance(value, list) or len(value) != expected:
+        raise InputError(f"keypoints must be a list of {expected} [x, y, visibility] triples")
     try:
         keypoints = np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as error:
         raise InputError("keypoints must be a list of [x, y, visibility] numbers") from error
-    if keypoints.ndim != 2 or keypoints.shape[1] != 3 or not len(keypoints):
-        raise InputError(f"keypoints must have shape [K, 3], got {list(keypoints.shape)}")
+    if keypoints.shape != (expected, 3):
+        raise InputError(f"keypoints must have shape [{expected}, 3], got {list(keypoints.shape)}")
     if not np.isfinite(keypoints).all():
         raise InputError("keypoints must be finite numbers")
     return keypoints
@@ -513,14 +495,24 @@ async def _send_events(ws: WebSocket, queue: asyncio.Queue) -> None:
         await ws.send_text(json.dumps(event))
 
 
+def _load_json(text: str) -> Any:
+    """A JSON message; InputError (clean text) when it is not JSON or nested too deeply for the parser."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        raise InputError(f"not JSON: {error.msg} at position {error.pos}") from None
+    except RecursionError:
+        raise InputError("JSON nested too deeply") from None
+
+
 def _handle_command(state: ServerState, session: Session, message: dict[str, Any]) -> dict[str, Any] | None:
     """One client command on the events socket; an error event when it is unusable."""
     if message.get("text") is None:
         return _error("bad_message", "commands are JSON text messages")
     try:
-        command = json.loads(message["text"])
-    except json.JSONDecodeError as error:
-        return _error("bad_message", f"not JSON: {error}")
+        command = _load_json(message["text"])
+    except InputError as error:
+        return _error("bad_message", str(error))
     if not isinstance(command, dict) or not isinstance(command.get("type"), str):
         return _error("bad_message", 'a command is a JSON object with a "type"')
     kind = command["type"]
@@ -531,11 +523,11 @@ def _handle_command(state: ServerState, session: Session, message: dict[str, Any
             text = command.get("text")
             if text is not None and not isinstance(text, str):
                 raise InputError('"text" must be a string or null')
-            if text is not None and len(text) > state.settings.limits.max_text_chars:
-                raise InputError(f"text is longer than {state.settings.limits.max_text_chars} characters")
+            if text is not None:
+                check_text(text, "text", state.settings.limits.max_text_chars)
             session.set_text(text)
         elif kind == "pose":
-            session.set_pose(_parse_pose(command.get("keypoints")))
+            session.set_pose(_parse_pose(command.get("keypoints"), state.handle.pose_keypoints))
         else:
             return _error("unknown_command", f"unknown command type {kind!r}")
     except InputError as error:
@@ -554,9 +546,9 @@ def _handle_audio(session: Session, decoder: PCM16Decoder, message: dict[str, An
             return _error("buffer_full", "too much audio is pending; wait or send clear")
         return None
     try:
-        command = json.loads(message.get("text") or "")
-    except json.JSONDecodeError as error:
-        return _error("bad_message", f"not JSON: {error}")
+        command = _load_json(message.get("text") or "")
+    except InputError as error:
+        return _error("bad_message", str(error))
     kind = command.get("type") if isinstance(command, dict) else None
     if kind == "flush":
         session.flush()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -15,6 +17,15 @@ from model.errors import InputError
 logger = logging.getLogger(__name__)
 
 PROBLEM_TYPE = "application/problem+json"
+
+
+class ProblemResponse(JSONResponse):
+    """JSON rendered as ASCII: a detail quoting client text (even a lone surrogate) always encodes."""
+
+    media_type = PROBLEM_TYPE
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class Problem(Exception):
@@ -35,7 +46,7 @@ def problem_response(status: int, detail: str, code: str | None = None,
     title = HTTPStatus(status).phrase
     code = code or title.lower().replace(" ", "_")
     body = {"type": f"urn:omnilive:problem:{code}", "title": title, "status": status, "detail": detail}
-    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_TYPE)
+    return ProblemResponse(body, status_code=status, headers=headers)
 
 
 def install_problem_handlers(app: FastAPI) -> None:

@@ -19,6 +19,7 @@ class PipelineHandle:
     make_options: Callable[..., Any]  # (text, seed, steps, guidance) -> StreamOptions
     source: str                       # what was loaded, for logs and /readyz
     device: str
+    pose_keypoints: int = 0           # keypoints in a pose command; 0: the model takes no pose
 
 
 def resolve_device(name: str) -> str:
@@ -32,6 +33,7 @@ def resolve_device(name: str) -> str:
 
 def load_pipeline(settings: ServerSettings) -> PipelineHandle:
     """The configured checkpoint; a random-init model of `model.config` when it is missing (loudly)."""
+    from model.data.keypoints import NUM_KEYPOINTS  # noqa: PLC0415
     from model.pipeline import AvatarPipeline, StreamOptions  # noqa: PLC0415
 
     model: ModelSettings = settings.model
@@ -48,7 +50,9 @@ def load_pipeline(settings: ServerSettings) -> PipelineHandle:
         source = f"random-init {model.config}"
     logger.info("model: %s on %s (%dx%d @ %d fps, %d-frame chunks, %d steps)", source, device,
                 pipe.config.width, pipe.config.height, pipe.config.fps, pipe.config.chunk_frames, pipe.config.steps)
-    return PipelineHandle(pipe=pipe, make_options=StreamOptions, source=source, device=device)
+    pose_keypoints = NUM_KEYPOINTS if pipe.dit.config.pose_channels > 0 else 0
+    return PipelineHandle(pipe=pipe, make_options=StreamOptions, source=source, device=device,
+                          pose_keypoints=pose_keypoints)
 
 
 def fake_pipeline(step_cost_s: float = 0.0, **config: Any) -> PipelineHandle:
@@ -56,4 +60,5 @@ def fake_pipeline(step_cost_s: float = 0.0, **config: Any) -> PipelineHandle:
     from avatar_server.testing import FakeConfig, FakePipeline, FakeStreamOptions  # noqa: PLC0415
 
     pipe = FakePipeline(config=FakeConfig(**config), step_cost_s=step_cost_s)
-    return PipelineHandle(pipe=pipe, make_options=FakeStreamOptions, source="fake", device="cpu")
+    return PipelineHandle(pipe=pipe, make_options=FakeStreamOptions, source="fake", device="cpu",
+                          pose_keypoints=pipe.config.pose_keypoints)

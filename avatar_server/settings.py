@@ -109,6 +109,21 @@ class LimitSettings(_Section):
     max_pending_audio_s: float = Field(default=60.0, gt=0, description="pushed audio not yet played")
     max_text_chars: int = Field(default=1000, gt=0)
     max_ws_sample_rate: int = Field(default=48000, gt=0)
+    max_sdp_lines: int = Field(default=2000, gt=0, description="lines in an SDP offer")
+    max_sdp_media: int = Field(default=8, gt=0, description="m= sections in an SDP offer")
+    max_sdp_candidates: int = Field(default=100, ge=0, description="a=candidate lines in an SDP offer "
+                                                                  "(aiortc's cost grows faster than linearly)")
+    max_concurrent_decodes: int = Field(default=2, gt=0, description="avatar images decoded at the same time")
+    reference_side: int = Field(default=1024, gt=0, description="decoded avatars are reduced to about this "
+                                                               "shorter side before the reference is computed")
+
+
+class HttpSettings(_Section):
+    """Connection timeouts: slow or stalled clients lose their connection instead of holding it."""
+
+    header_timeout_s: float = Field(default=10.0, gt=0, description="request line + headers must arrive within this")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="the whole body must arrive within this (408)")
+    keep_alive_timeout_s: float = Field(default=5.0, gt=0, description="idle time between requests")
 
 
 class AuthSettings(_Section):
@@ -153,6 +168,7 @@ class ServerSettings(_Section):
     vad: VADSettings = VADSettings()
     sessions: SessionSettings = SessionSettings()
     limits: LimitSettings = LimitSettings()
+    http: HttpSettings = HttpSettings()
     auth: AuthSettings = AuthSettings()
     cors_origins: tuple[str, ...] = ()
     ice_servers: tuple[IceServer, ...] = ()

@@ -18,6 +18,8 @@ from typing import Any, AsyncIterator
 import numpy as np
 from PIL import Image
 
+from model.data.keypoints import NUM_KEYPOINTS
+
 BARCODE_BITS = 16
 BARCODE_UNIT_S = 0.01
 BARCODE_ROWS = 8
@@ -36,6 +38,8 @@ class FakeConfig:
     height: int = 128
     width: int = 128
     steps: int = 2
+    pose_keypoints: int = NUM_KEYPOINTS  # as the real model's pose guider
+
 
 
 @dataclass
@@ -220,11 +224,18 @@ class FakePipeline:
 
 @contextlib.asynccontextmanager
 async def running_server(app: Any, host: str = "127.0.0.1") -> AsyncIterator[str]:
-    """Serve `app` with uvicorn on a free port of the current event loop; yields the base URL."""
+    """Serve `app` with uvicorn on a free port of the current event loop; yields the base URL.
+
+    The app's own settings (app.state.server.settings) shape uvicorn as `omnilive serve` does; log level
+    warning unless those settings ask for more.
+    """
     import uvicorn  # noqa: PLC0415
 
-    config = uvicorn.Config(app, host=host, port=0, lifespan="on", log_level="warning", ws="websockets-sansio",
-                            loop="none", timeout_graceful_shutdown=5)
+    from avatar_server.http import uvicorn_config  # noqa: PLC0415
+
+    settings = app.state.server.settings
+    level = settings.log_level if settings.log_level in ("debug", "info") else "warning"
+    config = uvicorn_config(app, settings, host=host, port=0, log_level=level, loop="none", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     task = asyncio.create_task(server._serve())
     while not server.started:

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import uvicorn  # noqa: PLC0415
 
     from avatar_server.app import create_app  # noqa: PLC0415
+    from avatar_server.http import uvicorn_config  # noqa: PLC0415
     from avatar_server.runtime import load_pipeline  # noqa: PLC0415
 
     overrides = {"host": args.host, "port": args.port}
@@ -36,8 +37,7 @@ def run(args: argparse.Namespace) -> int:
         settings = settings.model_copy(update={"model": settings.model.model_copy(update=model)})
     handle = load_pipeline(settings)
     app = create_app(settings, handle)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, loop="uvloop", ws="websockets-sansio",
-                            http="httptools", lifespan="on", log_level=settings.log_level, timeout_graceful_shutdown=10)
+    config = uvicorn_config(app, settings)
     logger.info("serving on http://%s:%d (demo page at /)", settings.host, settings.port)
     uvicorn.Server(config).run()
     return 0
