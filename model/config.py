@@ -39,6 +39,9 @@ class DiTSection(_Section):
     ref_index: int = Field(default=-32, description="temporal RoPE index of reference frames")
     concat_reference: bool = Field(False, description="also concatenate the reference latent to every context/chunk frame's channels (SVD-style)")
     concat_last_context: bool = Field(False, description="concatenate the newest context frame's latent to every chunk frame's channels")
+    concat_guide: bool = Field(False, description="concatenate each chunk frame's mouth-guide latent (model/guide.py) to its channels")
+    prediction: Literal["velocity", "guide_residual"] = Field(
+        "velocity", description="what the DiT predicts: the flow velocity, or the clean latent minus the guide")
     rope_theta: float = Field(default=10000.0, gt=0)
     frequency_embedding_size: int = Field(default=256, gt=0)
 
@@ -122,10 +125,19 @@ class SamplerSection(_Section):
     context_t: float = Field(default=0.0, ge=0, lt=1, description="noise level of context frames")
     start_t: float = Field(default=1.0, gt=0, le=1, description="each chunk starts from the previous frame "
                            "noised to this level instead of pure noise (1 = pure noise)")
+    min_steps: int = Field(default=1, gt=0, description="fewest steps the checkpoint's evaluation validated: "
+                           "a server under load never steps below it")
     guidance_audio: float = Field(default=1.0, ge=0)
     guidance_text: float = Field(default=1.0, ge=0)
     guidance_anneal: Literal["none", "linear", "cosine"] = "linear"
     guidance_min: float = Field(default=1.0, ge=0, description="scale reached at the last step")
+
+
+class GuideSection(_Section):
+    """The mouth guide (model/guide.py): bank openings drawn per avatar and the hidden mouth cells."""
+
+    openings: int = Field(default=5, ge=2, description="mouth openings in each avatar's bank (0 to 1)")
+    cell_threshold: float = Field(default=0.15, gt=0, description="latent change that marks a cell as mouth")
 
 
 class VideoSection(_Section):
@@ -146,6 +158,7 @@ class ModelConfig(_Section):
     vae: VAESection
     audio: AudioSection = AudioSection()
     sampler: SamplerSection = SamplerSection()
+    guide: GuideSection = GuideSection()
     video: VideoSection
 
     @property
@@ -188,6 +201,7 @@ class ModelConfig(_Section):
             pose_neighbor_frames=d.pose_neighbor_frames, pose_guider_channels=d.pose_guider_channels,
             pose_latent_channels=d.pose_latent_channels, text_dim=d.text_dim, ref_index=d.ref_index,
             concat_reference=d.concat_reference, concat_last_context=d.concat_last_context,
+            concat_guide=d.concat_guide, prediction=d.prediction,
             rope_theta=d.rope_theta, frequency_embedding_size=d.frequency_embedding_size,
         )
 

@@ -16,6 +16,7 @@ from model.conditioning.audio import AudioEncoder
 from model.conditioning.pose import PoseGuider
 
 KV = tuple[torch.Tensor, torch.Tensor]
+PREDICTIONS = ("velocity", "guide_residual")  # what the output means (model/flow.py)
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -205,6 +206,9 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
     model learns in few steps, while the packed reference tokens still serve attention.
     With concat_last_context the newest context frame's latent is concatenated to every chunk
     frame's channels the same way: continuing the motion starts from a per-token copy.
+    With concat_guide each chunk frame also gets its own guide latent (model/guide.py: the avatar with
+    the mouth opened as the motion model predicts) on its channels; with prediction "guide_residual"
+    the output is the clean latent minus that guide (see model/flow.py), so a still face costs nothing.
     """
 
     _supports_gradient_checkpointing = True
@@ -229,10 +233,16 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         ref_index: int = -32,
         concat_reference: bool = False,
         concat_last_context: bool = False,
+        concat_guide: bool = False,
+        prediction: str = "velocity",
         rope_theta: float = 10000.0,
         frequency_embedding_size: int = 256,
     ):
         super().__init__()
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        if prediction == "guide_residual" and not concat_guide:
+            raise ValueError("prediction 'guide_residual' needs concat_guide")
         self.gradient_checkpointing = False
         if pose_channels > 0:
             self.pose_guider = PoseGuider(pose_channels, pose_neighbor_frames, pose_guider_channels,
@@ -241,7 +251,7 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         else:
             self.pose_guider = None
             in_channels = latent_channels
-        in_channels += latent_channels * (int(concat_reference) + int(concat_last_context))
+        in_channels += latent_channels * (int(concat_reference) + int(concat_last_context) + int(concat_guide))
         self.x_embedder = nn.Linear(in_channels * patch_size * patch_size, hidden_size)
         self.t_embedder = TimestepEmbedder(hidden_size, frequency_embedding_size)
         self.text_embedder = nn.Sequential(nn.Linear(text_dim, hidden_size), nn.SiLU(),
@@ -318,8 +328,9 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         return h // p, w // p
 
     def _embed(self, latents: torch.Tensor, pose_features: torch.Tensor | None,
-               reference: torch.Tensor | None = None, last_context: torch.Tensor | None = None) -> torch.Tensor:
-        """latents [B, T, C, h, w] (+ pose channels [B, T, P, h, w], + reference / last-context channels
+               reference: torch.Tensor | None = None, last_context: torch.Tensor | None = None,
+               guide: torch.Tensor | None = None) -> torch.Tensor:
+        """latents [B, T, C, h, w] (+ pose channels [B, T, P, h, w], + reference / last-context / guide channels
         [B, T, C, h, w] when the config concatenates them; zeros where None) -> [B, T, N, D]."""
         b, t, c, h, w = latents.shape
         parts = [latents]
@@ -327,7 +338,8 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
             parts.append(pose_features.to(latents.dtype) if pose_features is not None else
                          latents.new_zeros(b, t, self.config.pose_latent_channels, h, w))
         for enabled, channels in ((self.config.concat_reference, reference),
-                                  (self.config.concat_last_context, last_context)):
+                                  (self.config.concat_last_context, last_context),
+                                  (self.config.concat_guide, guide)):
             if enabled:
                 parts.append(channels.to(latents.dtype) if channels is not None else latents.new_zeros(b, t, c, h, w))
         return self.x_embedder(self._patchify(torch.cat(parts, dim=2) if len(parts) > 1 else latents))
@@ -414,11 +426,14 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         drop_audio: torch.Tensor | None = None,
         drop_text: torch.Tensor | None = None,
         drop_pose: torch.Tensor | None = None,
+        guide: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Velocity [B, T, C, h, w] for latents [B, T, C, h, w] = [reference R | context M | chunk F].
+        """Output [B, T, C, h, w] (velocity, or clean latent minus guide) for latents [B, T, C, h, w] =
+        [reference R | context M | chunk F].
 
         timesteps [B, T] flow times per frame; audio [B, F, W, K, A]; pose heatmaps [B, F, G, h, w];
-        text [B, text_dim]; drop_* [B] bool: condition replaced by its null for that sample.
+        text [B, text_dim]; drop_* [B] bool: condition replaced by its null for that sample;
+        guide [B, F, C, h, w] the chunk frames' guide latents (concat_guide).
         """
         b, t = latents.shape[:2]
         r, m = num_reference, num_context
@@ -437,7 +452,9 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
             reference = torch.cat([torch.zeros_like(latents[:, :r]), self._repeat_frames(latents[:, 0], m + f)], dim=1)
         if self.config.concat_last_context and m:
             last = torch.cat([torch.zeros_like(latents[:, :r + m]), self._repeat_frames(latents[:, r + m - 1], f)], dim=1)
-        x = self._embed(latents, pose_features, reference, last)  # [B, T, N, D]
+        if guide is not None:  # reference and context frames get no guide: zeros
+            guide = torch.cat([torch.zeros_like(latents[:, : r + m]), guide.to(latents.dtype)], dim=1)
+        x = self._embed(latents, pose_features, reference, last, guide)  # [B, T, N, D]
         temb = self.t_embedder(timesteps)  # [B, T, D]
         cond = torch.cat([temb[:, : r + m], temb[:, r + m:] + conditioning.text[:, None]], dim=1)
         rope = self.rope(self._positions(r, m, f, latents.device), gh, gw)
@@ -512,18 +529,20 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         conditioning: ChunkConditioning | None = None,
         reference: torch.Tensor | None = None,
         last_context: torch.Tensor | None = None,
+        guide: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Velocity [B, F, C, h, w] of chunk latents attending to cached prefix K/V (from prefix_kv);
+        """Output [B, F, C, h, w] of chunk latents attending to cached prefix K/V (from prefix_kv);
         equals the chunk part of forward() on [reference | context | chunk]. No mask is needed.
         `conditioning` (from embed_conditions) replaces audio/pose/text/drop_*; `reference` and
-        `last_context` [B, C, h, w] are the first reference latent and the newest context input."""
+        `last_context` [B, C, h, w] are the first reference latent and the newest context input;
+        `guide` [B, F, C, h, w] the chunk frames' guide latents."""
         b, f = latents.shape[:2]
         gh, gw = self._grid(latents)
         h, w = latents.shape[-2:]
         if conditioning is None:
             conditioning = self.embed_conditions(b, f, audio, pose, text, drop_audio, drop_text, drop_pose)
         x = self._embed(latents, conditioning.pose, self._repeat_frames(reference, f),
-                        self._repeat_frames(last_context, f))  # [B, F, N, D]
+                        self._repeat_frames(last_context, f), guide)  # [B, F, N, D]
         cond = self.t_embedder(timesteps) + conditioning.text[:, None]  # [B, F, D]
         rope = self.rope(torch.arange(f, device=latents.device, dtype=torch.float32), gh, gw)
         for block, kv in zip(self.blocks, prefix):

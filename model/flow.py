@@ -2,6 +2,12 @@
 
 Convention: x_t = (1 - t) x0 + t noise, t in [0, 1] (1 = pure noise); the model predicts the
 velocity v = noise - x0, and sampling integrates from t = 1 down to t = 0.
+
+Guide-relative flow (prediction "guide_residual"): the noise is centred on the frame's guide latent g,
+x_t = (1 - t) x0 + t (g + noise), and the model predicts r = x0 - g. A still face then has target 0,
+which a zero-initialised output layer already gives: the one-step sample of an untrained model is the
+guide itself, sharp, and training spends its capacity on corrections. Sampling steps are exact for
+the predicted x0 (x_next = x0 + (t_next / t)(x_t - x0)), so one step is the prediction itself.
 """
 
 from __future__ import annotations
@@ -78,6 +84,16 @@ def timestep_schedule(steps: int, shift: float = 1.0, device: torch.device | str
 def euler_step(x: torch.Tensor, velocity: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
     """One Euler step of dx/dt = v from t to t_next."""
     return x + (t_next - t) * velocity
+
+
+def add_guided_noise(x0: torch.Tensor, guide: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x0 + t (guide + noise), with t per sample [B] or per frame [B, T]."""
+    return add_noise(x0, guide + noise, t)
+
+
+def x0_step(x: torch.Tensor, x0: torch.Tensor, t: float, t_next: float) -> torch.Tensor:
+    """From x_t to x_{t_next} on the straight path through the predicted clean latent x0 (x0 at t_next = 0)."""
+    return x0 + (t_next / t) * (x - x0)
 
 
 #################################################################################

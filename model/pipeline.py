@@ -17,6 +17,9 @@ from PIL import Image
 
 from model.conditioning.audio import AudioFeatureBuffer, LocalAudioEncoder
 from model.conditioning.heatmaps import NUM_HEATMAP_CHANNELS, render_heatmaps
+from model.conditioning.motion import MouthMotion
+from model.conditioning.mouth import MouthBox
+from model.conditioning.mouth_locator import MouthLocator
 from model.conditioning.text import TextEncoder
 from model.conditioning.vad import SpeechGate, voiced_frames  # SpeechGate: the server's VAD, via the pipeline
 from model.config import ModelConfig, load_model_config
@@ -24,6 +27,7 @@ from model.data.keypoints import NUM_KEYPOINTS
 from model.dit import OmniHumanDiT
 from model.errors import InputError
 from model.flow import Guidance
+from model.guide import MouthBank, build_mouth_bank
 from model.streaming import ChunkConditions, StreamingSampler, StreamState
 from model.vae import FrameVAE
 
@@ -34,6 +38,9 @@ PIPELINE_FILE = "pipeline.json"
 PIPELINE_FORMAT = "omnilive-pipeline"
 PIPELINE_VERSION = 1
 RANDOM_INIT_STD = 0.02  # fills zero-initialised weights of a random-init model (see from_config)
+# Where a checkpoint without a mouth locator draws the mouth of a guide model's avatar: the lip line of a
+# centred face close-up (the studio's framing), in [0, 1] coordinates of the cropped reference.
+FALLBACK_MOUTH = MouthBox(x=0.5, y=0.72, width=0.16)
 
 
 #################################################################################
@@ -50,6 +57,7 @@ class PipelineConfig:
     context_frames: int
     reference_frames: int
     steps: int
+    min_steps: int
     lookahead_frames: int
     sample_rate: int
     height: int
@@ -59,7 +67,8 @@ class PipelineConfig:
     def from_model(cls, config: ModelConfig) -> "PipelineConfig":
         s = config.sampler
         return cls(name=config.name, fps=s.fps, chunk_frames=s.chunk_frames, context_frames=s.context_frames,
-                   reference_frames=s.reference_frames, steps=s.steps, lookahead_frames=config.audio.lookahead_frames,
+                   reference_frames=s.reference_frames, steps=s.steps, min_steps=min(s.min_steps, s.steps),
+                   lookahead_frames=config.audio.lookahead_frames,
                    sample_rate=config.audio.sample_rate, height=config.video.height, width=config.video.width)
 
     @property
@@ -84,6 +93,7 @@ class ReferenceFeatures:
 
     latents: torch.Tensor  # [R, C, h, w] on the pipeline's device
     image: np.ndarray  # uint8 [H, W, 3], the cropped reference
+    mouth_bank: MouthBank | None = None  # guide models: the avatar at several mouth openings
 
     @property
     def height(self) -> int:
@@ -101,6 +111,7 @@ class LatentChunk:
     stream: "AvatarStream"
     latents: torch.Tensor  # [F, C, h, w]
     first_frame: int
+    mouth_open: np.ndarray | None = None  # float32 [F] openness that drove the mouth guide
 
 
 @dataclass
@@ -111,6 +122,7 @@ class Chunk:
     frames: np.ndarray  # uint8 [F, H, W, 3]
     audio_time_s: np.ndarray  # float64 [F]
     first_frame: int
+    mouth_open: np.ndarray | None = None  # float32 [F] predicted mouth openness (guide models), for clients' rigs
 
 
 #################################################################################
@@ -197,7 +209,9 @@ class AvatarStream:
             windows = self._audio.windows(self.state.frame_index, f)  # [F, W, K, A]
             if pose is None and self._pose is not None:
                 pose = self._pose[None].expand(f, *self._pose.shape)  # [F, G, h, w]
-            return ChunkConditions(audio=windows, pose=pose, text=self._text, guidance=self._guidance)
+            openness, guide = self.pipeline.mouth_guide(windows, self.reference)
+            return ChunkConditions(audio=windows, pose=pose, text=self._text, guidance=self._guidance, guide=guide,
+                                   mouth_open=openness)
 
     def close(self) -> None:
         """Free the caches; the stream cannot be used afterwards (call it between generate calls)."""
@@ -218,18 +232,26 @@ class AvatarPipeline:
     """DiT + VAE + conditioning; the only door from the server and the CLI into the model."""
 
     def __init__(self, model_config: ModelConfig, dit: OmniHumanDiT, vae: FrameVAE,
-                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
+                 motion: MouthMotion | None = None, locator: MouthLocator | None = None):
         self.model_config = model_config
         self.config = PipelineConfig.from_model(model_config)
         self.device = torch.device(device)
         self.dit = (dit.to(self.device) if dtype == dit.dtype else dit.to(self.device, dtype)).eval()
         self.vae = vae.to(self.device, dtype).eval()
+        self.motion = None if motion is None else motion.to(self.device).eval()
+        self.locator = None if locator is None else locator.eval()  # runs on the CPU, once per avatar
         self.sampler = StreamingSampler(self.dit, model_config)
         self.text_encoder = TextEncoder(self.device)
         self._local_audio = LocalAudioEncoder(model_config) if model_config.audio.encoder == "local" else None
         if self.vae.latent_channels != self.dit.config.latent_channels:
             raise InputError(f"VAE latents have {self.vae.latent_channels} channels, "
                              f"the DiT expects {self.dit.config.latent_channels}")
+
+    @property
+    def guided(self) -> bool:
+        """Whether the DiT takes a mouth guide (model/guide.py)."""
+        return bool(self.dit.config.concat_guide)
 
     # ---------------------------------------------------------------- construction
 
@@ -277,8 +299,10 @@ class AvatarPipeline:
                 raise InputError(f"checkpoint {path} has no {part}/ weights")
         dit = OmniHumanDiT.from_pretrained(str(path / "dit"), local_files_only=True)
         vae = FrameVAE.from_pretrained(path / "vae")
+        motion = MouthMotion.from_pretrained(str(path / "motion")) if (path / "motion" / "config.json").is_file() else None
+        locator = MouthLocator.from_pretrained(str(path / "locator")) if (path / "locator" / "config.json").is_file() else None
         logger.info("loaded %s pipeline from %s", model_config.name, path)
-        return cls(model_config, dit, vae, device=device, dtype=dtype)
+        return cls(model_config, dit, vae, device=device, dtype=dtype, motion=motion, locator=locator)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write DIR/pipeline.json (model config), dit/ and vae/ (safetensors), audio/ for a local encoder."""
@@ -292,6 +316,9 @@ class AvatarPipeline:
             model_config = model_config.model_copy(update={"audio": audio})
         self.dit.save_pretrained(str(path / "dit"), safe_serialization=True)
         self.vae.save_pretrained(path / "vae")
+        for name, part in (("motion", self.motion), ("locator", self.locator)):
+            if part is not None:
+                part.save_pretrained(str(path / name), safe_serialization=True)
         meta = {"format": PIPELINE_FORMAT, "version": PIPELINE_VERSION, "model": model_config.model_dump(mode="json")}
         (path / PIPELINE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         logger.info("saved pipeline to %s", path)
@@ -299,30 +326,61 @@ class AvatarPipeline:
     @property
     def num_parameters(self) -> dict[str, int]:
         """Parameter counts of the DiT and the VAE."""
-        return {"dit": sum(p.numel() for p in self.dit.parameters()),
-                "vae": sum(p.numel() for p in self.vae.parameters())}
+        counts = {"dit": sum(p.numel() for p in self.dit.parameters()),
+                  "vae": sum(p.numel() for p in self.vae.parameters())}
+        for name, part in (("motion", self.motion), ("locator", self.locator)):
+            if part is not None:
+                counts[name] = sum(p.numel() for p in part.parameters())
+        return counts
 
     # ---------------------------------------------------------------- references and streams
 
     @torch.inference_mode()
     def encode_reference(self, image: Image.Image | np.ndarray, height: int | None = None,
-                         width: int | None = None) -> ReferenceFeatures:
-        """Resize (cover) + center-crop to height x width (default: the config's), VAE-encode once."""
+                         width: int | None = None, mouth: MouthBox | None = None) -> ReferenceFeatures:
+        """Resize (cover) + center-crop to height x width (default: the config's), VAE-encode once. A guide
+        model also draws the avatar's mouth bank here, at `mouth` (on the cropped image) or where the
+        checkpoint's mouth locator finds it (InputError when it finds none)."""
         height = height or self.config.height
         width = width or self.config.width
         self.model_config.check_size(height, width)
         pixels = _crop_to(_as_pil(image), height, width)  # uint8 [H, W, 3]
-        frames = torch.from_numpy(pixels).permute(2, 0, 1)[None]  # [1, 3, H, W]
-        latents = self.vae.encode(frames)  # [1, C, h, w]
+        bank = None
+        if self.guided:
+            guide = self.model_config.guide
+            bank = build_mouth_bank(pixels, mouth or self.locate_mouth(pixels), self.vae.encode, guide.openings,
+                                    guide.cell_threshold).to(self.device, self.dit.dtype)
+            latents = bank.latents[:1]  # opening 0 is the reference itself
+        else:
+            latents = self.vae.encode(torch.from_numpy(pixels).permute(2, 0, 1)[None])  # [1, C, h, w]
         latents = latents.expand(self.config.reference_frames, *latents.shape[1:]).contiguous()  # [R, C, h, w]
-        return ReferenceFeatures(latents=latents, image=pixels)
+        return ReferenceFeatures(latents=latents, image=pixels, mouth_bank=bank)
+
+    def locate_mouth(self, image: np.ndarray) -> MouthBox:
+        """The closed mouth on a cropped reference uint8 [H, W, 3]: the checkpoint's locator (InputError when
+        it finds no mouth), or FALLBACK_MOUTH for a checkpoint without one."""
+        if self.locator is None:
+            logger.warning("the %s checkpoint has no mouth locator: the mouth is drawn at the centred face "
+                           "close-up's lip line %s", self.config.name, FALLBACK_MOUTH.as_list())
+            return FALLBACK_MOUTH
+        return self.locator.locate(image)
+
+    @torch.inference_mode()
+    def mouth_guide(self, windows: torch.Tensor, reference: ReferenceFeatures) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Audio windows [F, W, K, A] -> (openness [F], guide latents [F, C, h, w]); (None, None) without a
+        guide model, motion model or bank."""
+        if self.motion is None or reference.mouth_bank is None:
+            return None, None
+        openness = self.motion(windows.to(self.device))  # [F]
+        return openness, reference.mouth_bank.blend(openness)
 
     def open_stream(self, reference: ReferenceFeatures, options: StreamOptions | None = None) -> AvatarStream:
         """A new live stream on a prepared reference (reference K/V computed here, once)."""
         options = options or StreamOptions()
         if options.steps is not None and options.steps < 1:
             raise InputError(f"steps must be >= 1, got {options.steps}")
-        state = self.sampler.init_state(reference.latents, seed=options.seed)
+        cells = None if reference.mouth_bank is None else reference.mouth_bank.mouth_cells
+        state = self.sampler.init_state(reference.latents, seed=options.seed, mouth_cells=cells)
         audio = AudioFeatureBuffer(self.model_config, encoder=self._local_audio)
         return AvatarStream(self, reference, options, state, audio)
 
@@ -377,8 +435,9 @@ class AvatarPipeline:
             first = [stream.frame_index for stream, _ in group]
             latents = run([stream.state for stream, _ in group], [c for _, c in group],
                           steps=group_steps)  # [B, F, C, h, w]
-            for (stream, _), start, chunk in zip(group, first, latents):
-                out[id(stream)] = LatentChunk(stream=stream, latents=chunk, first_frame=start)
+            for (stream, conditions), start, chunk in zip(group, first, latents):
+                out[id(stream)] = LatentChunk(stream=stream, latents=chunk, first_frame=start,
+                                              mouth_open=_numpy(conditions.mouth_open))
         return [out[id(s)] for s in streams if id(s) in out]
 
     @torch.inference_mode()
@@ -395,7 +454,7 @@ class AvatarPipeline:
                 decoded[members[j]] = i
         return [Chunk(stream=c.stream, frames=decoded[i],
                       audio_time_s=np.array([c.stream.audio_time(c.first_frame + k) for k in range(len(decoded[i]))]),
-                      first_frame=c.first_frame) for i, c in enumerate(chunks)]
+                      first_frame=c.first_frame, mouth_open=c.mouth_open) for i, c in enumerate(chunks)]
 
     def generate(self, streams: Sequence[AvatarStream], steps: int | None = None) -> list[Chunk]:
         """One chunk for every ready stream (input order; streams that are not ready are skipped)."""
@@ -458,7 +517,7 @@ class AvatarPipeline:
         if conditions is None:
             raise RuntimeError("render padded the audio, yet the stream is short of it")
         latents = self.sampler.generate([stream.state], [conditions], steps=steps or stream.options.steps)
-        return LatentChunk(stream=stream, latents=latents[0], first_frame=start)
+        return LatentChunk(stream=stream, latents=latents[0], first_frame=start, mouth_open=_numpy(conditions.mouth_open))
 
 
 #################################################################################
@@ -473,6 +532,11 @@ def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:
     if array.dtype != np.uint8 or array.ndim != 3 or array.shape[2] != 3 or 0 in array.shape:
         raise InputError(f"reference image must be uint8 [H, W, 3], got {array.dtype} {list(array.shape)}")
     return Image.fromarray(array, "RGB")
+
+
+def _numpy(values: torch.Tensor | None) -> np.ndarray | None:
+    """A small tensor as a float32 NumPy array on the CPU (None stays None)."""
+    return None if values is None else values.detach().float().cpu().numpy()
 
 
 def _as_float_array(value: object, what: str) -> np.ndarray:

@@ -9,7 +9,8 @@ import torch
 
 from model.config import ModelConfig, SamplerSection
 from model.dit import KV, OmniHumanDiT
-from model.flow import Branch, Guidance, add_noise, branch_weights, combine_branches, euler_step, timestep_schedule
+from model.flow import (Branch, Guidance, add_noise, branch_weights, combine_branches, euler_step, timestep_schedule,
+                        x0_step)
 
 
 @dataclass
@@ -20,6 +21,8 @@ class ChunkConditions:
     pose: torch.Tensor | None = None  # [F, G, h, w] heatmaps at latent resolution
     text: torch.Tensor | None = None  # [text_dim] sentence embedding
     guidance: Guidance | None = None  # None = the config's guidance
+    guide: torch.Tensor | None = None  # [F, C, h, w] mouth-guide latents (None: the closed-mouth reference)
+    mouth_open: torch.Tensor | None = None  # [F] the openness the guide was blended at (reported, not sampled on)
 
 
 @dataclass
@@ -29,6 +32,8 @@ class StreamState:
     context_latents are the context frames as the model sees them (noised to context_t); the K/V
     lists hold per-layer pre-RoPE (k, v) [n, N, H, Dh] and are absent for naive-only use.
     last_frame is the newest generated latent, clean (the reference before the first chunk).
+    With mouth_cells [h, w] (a guide model) the reference and context latents have those cells zeroed,
+    so the chunk's guide is the only mouth the model sees; closed_guide is the unhidden reference.
     """
 
     reference_latents: torch.Tensor  # [R, C, h, w]
@@ -39,6 +44,8 @@ class StreamState:
     frame_index: int = 0
     reference_kv: list[KV] | None = field(default=None, repr=False)
     context_kv: list[KV] | None = field(default=None, repr=False)
+    mouth_cells: torch.Tensor | None = None  # [h, w] bool
+    closed_guide: torch.Tensor | None = None  # [C, h, w]
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -68,20 +75,29 @@ class StreamingSampler:
 
     # ------------------------------------------------------------------ state
 
+    @property
+    def _guided_model(self) -> bool:
+        return self.dit.config.prediction == "guide_residual"
+
     @torch.inference_mode()
-    def init_state(self, reference_latents: torch.Tensor, seed: int, with_cache: bool = True) -> StreamState:
+    def init_state(self, reference_latents: torch.Tensor, seed: int, with_cache: bool = True,
+                   mouth_cells: torch.Tensor | None = None) -> StreamState:
         """New session from reference latents [R, C, h, w]; the context window starts as the last
-        reference frame repeated M times; reference and context K/V are computed here, once."""
+        reference frame repeated M times; reference and context K/V are computed here, once.
+        mouth_cells [h, w] bool: cells hidden from reference and context (a guide model's avatar)."""
         if reference_latents.ndim != 4:
             raise ValueError(f"reference latents must be [R, C, h, w], got {list(reference_latents.shape)}")
         cfg = self.config
         if reference_latents.shape[0] != cfg.reference_frames:
             raise ValueError(f"expected {cfg.reference_frames} reference frames, got {reference_latents.shape[0]}")
-        ref = reference_latents.to(self._device, self._dtype)
+        clean = reference_latents.to(self._device, self._dtype)
+        cells = None if mouth_cells is None else mouth_cells.to(self._device, torch.bool)
+        ref = clean if cells is None else clean.masked_fill(cells, 0.0)
         generator = torch.Generator(device=self._device).manual_seed(seed)
         start = ref[-1:].expand(cfg.context_frames, *ref.shape[1:])
         state = StreamState(reference_latents=ref, context_latents=self._noise_context(start, generator),
-                            last_frame=ref[-1].clone(), generator=generator, seed=seed)
+                            last_frame=clean[-1].clone(), generator=generator, seed=seed, mouth_cells=cells,
+                            closed_guide=clean[-1].clone())
         if with_cache:
             r = ref.shape[0]
             state.reference_kv = [(k[0], v[0]) for k, v in
@@ -112,7 +128,8 @@ class StreamingSampler:
         state.last_frame = frames[-1]
         if m == 0:
             return
-        entering = self._noise_context(frames[-m:], state.generator)
+        newest = frames[-m:] if state.mouth_cells is None else frames[-m:].masked_fill(state.mouth_cells, 0.0)
+        entering = self._noise_context(newest, state.generator)
         n = entering.shape[0]
         state.context_latents = torch.cat([state.context_latents[n:], entering], dim=0)
         if not with_cache:
@@ -176,6 +193,20 @@ class StreamingSampler:
         return [(torch.cat([p[layer][0] for p in per_session]), torch.cat([p[layer][1] for p in per_session]))
                 for layer in range(len(per_session[0]))]
 
+    def _guides(self, states: list[StreamState], conditions: list[ChunkConditions]) -> torch.Tensor:
+        """Each session's chunk guide [S, F, C, h, w]: the conditions' guide, else the closed-mouth reference."""
+        f = self.config.chunk_frames
+        out = []
+        for state, cond in zip(states, conditions):
+            if cond.guide is not None:
+                if cond.guide.shape[0] != f:
+                    raise ValueError(f"the guide covers {cond.guide.shape[0]} frames, the chunk has {f}")
+                out.append(cond.guide.to(self._device, self._dtype))
+            else:
+                closed = state.closed_guide if state.closed_guide is not None else state.reference_latents[-1]
+                out.append(closed[None].expand(f, *closed.shape))
+        return torch.stack(out)
+
     @staticmethod
     def _guided(v_rows: torch.Tensor, rows: list[tuple[int, Branch]],
                 weights: list[dict[Branch, float]]) -> torch.Tensor:
@@ -195,6 +226,9 @@ class StreamingSampler:
         shape = (f, *states[0].reference_latents.shape[1:])
         x = torch.stack([torch.randn(shape, generator=s.generator, device=self._device, dtype=self._dtype)
                          for s in states])  # [S, F, C, h, w]
+        guides = self._guides(states, conditions) if self._guided_model else None  # [S, F, C, h, w]
+        if guides is not None:
+            x = x + guides  # noise centred on the guide
         if cached:
             # conditions embedded once per chunk, one row per session (only absent conditions dropped)
             embedded = self.dit.embed_conditions(len(states), f, **self._row_inputs(
@@ -223,13 +257,16 @@ class StreamingSampler:
                 rows_cond = self.dit.select_conditions(embedded, index, drop_audio, drop_text)
                 v_rows = self.dit.forward_chunk(x if one_row_each else x[index], chunk_t, kv, conditioning=rows_cond,
                                                 reference=references if one_row_each else references[index],
-                                                last_context=lasts if one_row_each or lasts is None else lasts[index])
+                                                last_context=lasts if one_row_each or lasts is None else lasts[index],
+                                                guide=None if guides is None else guides[index])
             else:
                 inputs = self._row_inputs(rows, conditions, f)
                 latents = torch.cat([free[index], x[index]], dim=1)
                 timesteps = torch.cat([free_t[index], chunk_t], dim=1)
-                v_rows = self.dit(latents, timesteps, num_reference=r, num_context=m, **inputs)[:, r + m:]
-            x = euler_step(x, self._guided(v_rows, rows, weights), t, t_next)
+                v_rows = self.dit(latents, timesteps, num_reference=r, num_context=m, **inputs,
+                                  guide=None if guides is None else guides[index])[:, r + m:]
+            out = self._guided(v_rows, rows, weights)
+            x = euler_step(x, out, t, t_next) if guides is None else x0_step(x, guides + out, t, t_next)
         for s, frames in zip(states, x):
             self._advance(s, frames, with_cache=cached)
         return x

@@ -13,7 +13,7 @@ from model.config import ModelConfig, load_model_config
 MICRO_OVERRIDES = {
     "name": "micro",
     "dit": {"hidden_size": 32, "depth": 2, "num_heads": 2, "mlp_ratio": 2.0, "pose_guider_channels": 8,
-            "pose_channels": NUM_HEATMAP_CHANNELS},
+            "pose_channels": NUM_HEATMAP_CHANNELS, "concat_guide": False, "prediction": "velocity"},
     "vae": {"encoder_block_out_channels": [8, 8, 8, 8], "decoder_block_out_channels": [8, 8, 8, 8]},
     "video": {"height": 64, "width": 64},
 }
@@ -32,6 +32,13 @@ def micro_config_dict() -> dict:
 
 def micro_config() -> ModelConfig:
     return ModelConfig.model_validate(micro_config_dict())
+
+
+def micro_guide_config() -> ModelConfig:
+    """The micro config as a guide model (mouth guide channels, guide-relative prediction), like tiny."""
+    data = micro_config_dict()
+    data["dit"].update(concat_guide=True, prediction="guide_residual")
+    return ModelConfig.model_validate(data)
 
 
 def write_micro_yaml(path: Path) -> Path:

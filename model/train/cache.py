@@ -3,7 +3,9 @@
 cache_dir/manifest.json records what the cache was built from (VAE weights hash, feature settings);
 a mismatch rebuilds it. Each clip becomes cache_dir/clips/<id>.safetensors with
   latents [T, C, h, w] float32, audio [T, W, K, A] float32 (each frame's audio window, as the stream builds it) + voiced [T],
-  pose [T, G, h, w] float16 (heatmaps at latent resolution, if keypoints), text [text_dim] float32.
+  pose [T, G, h, w] float16 (heatmaps at latent resolution, if keypoints), text [text_dim] float32,
+  and with keypoints: mouth_open [T] float32 and the mouth guide of the clip's most closed-mouth frame
+  (guide_frame [1] int64, guide_bank [K, C, h, w] float32, guide_cells [h, w] uint8; model/guide.py).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
@@ -22,7 +25,9 @@ from model.config import ModelConfig
 from model.conditioning.text import TextEncoder
 from model.data import format as fmt
 from model.errors import InputError
+from model.conditioning.mouth import MouthBox, mouth_box_from_keypoints
 from model.conditioning.vad import voiced_frames
+from model.guide import MouthBank, build_mouth_bank
 from model.train.features import clip_audio_features, clip_heatmaps
 from model.train.frames import bucket_size, resize_frames
 from model.vae import FrameVAE
@@ -30,6 +35,7 @@ from model.vae import FrameVAE
 logger = logging.getLogger(__name__)
 
 ENCODE_BATCH = 32
+FEATURES_VERSION = "mouth-guide-1"  # bump when what encode_clip writes changes
 
 
 @dataclass
@@ -45,6 +51,9 @@ class CachedClip:
     pose: torch.Tensor | None      # [T, G, h, w]
     text: torch.Tensor             # [text_dim]
     conditions: frozenset[str]
+    mouth_open: torch.Tensor | None = None  # [T] studio mouth openness in [0, 1] (NaN where unknown)
+    guide_frame: int | None = None          # the frame the mouth bank was drawn from (the guide's reference)
+    guide_bank: MouthBank | None = None
 
     @property
     def frames(self) -> int:
@@ -62,6 +71,7 @@ def _fingerprint(vae_dir: Path, model_config: ModelConfig) -> str:
         if path.suffix in {".safetensors", ".json"}:
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
+    digest.update(FEATURES_VERSION.encode())
     digest.update(model_config.audio.model_dump_json().encode())
     digest.update(json.dumps([model_config.dit.pose_channels, model_config.video.height, model_config.video.width]).encode())
     return digest.hexdigest()[:16]
@@ -82,9 +92,35 @@ def encode_clip(clip: fmt.Clip, vae: FrameVAE, model_config: ModelConfig, text_e
     if clip.keypoints is not None and model_config.dit.pose_channels:
         pose = clip_heatmaps(clip.keypoints.xy, clip.keypoints.visibility, height // vae.downsample, width // vae.downsample)
         tensors["pose"] = pose.to(torch.float16).contiguous()
+    if clip.keypoints is not None:
+        tensors.update(_guide_features(clip, frames, vae))
     text = text_encoder.encode(clip.meta.caption)
     tensors["text"] = (text if text is not None else torch.zeros(text_encoder.dim)).float().cpu().contiguous()
     return tensors
+
+
+def _guide_features(clip: fmt.Clip, frames: torch.Tensor, vae: FrameVAE) -> dict[str, torch.Tensor]:
+    """Mouth openness [T] and the mouth bank of the most closed-mouth frame whose lips are visible."""
+    keypoints = clip.keypoints
+    opening = np.nan_to_num(keypoints.mouth_open.astype(np.float32), nan=np.inf)
+    out = {"mouth_open": torch.from_numpy(keypoints.mouth_open.astype(np.float32)).contiguous()}
+    for index in np.argsort(opening, kind="stable"):
+        box = mouth_box_from_keypoints(keypoints.xy[index], keypoints.visibility[index])
+        if box is not None:
+            bank = build_mouth_bank(frames[index].permute(1, 2, 0).numpy(), box, vae.encode)
+            out.update(guide_frame=torch.tensor([int(index)]), guide_bank=bank.latents.contiguous(),
+                       guide_cells=bank.mouth_cells.to(torch.uint8), guide_box=torch.tensor(box.as_list()))
+            break
+    return out
+
+
+def _cached_bank(tensors: dict[str, torch.Tensor]) -> MouthBank | None:
+    """The MouthBank stored by _guide_features, if any."""
+    if "guide_bank" not in tensors:
+        return None
+    latents = tensors["guide_bank"]
+    return MouthBank(latents=latents, openings=torch.linspace(0.0, 1.0, latents.shape[0]),
+                     mouth_cells=tensors["guide_cells"].bool(), box=MouthBox(*tensors["guide_box"].tolist()))
 
 
 def build_cache(root: Path, entries: list[fmt.IndexEntry], vae_dir: Path, model_config: ModelConfig, cache_dir: Path) -> None:
@@ -130,6 +166,7 @@ def load_cache(cache_dir: Path, ids: list[str]) -> list[CachedClip]:
         clips.append(CachedClip(
             id=clip_id, identity=info["identity"], caption=info["caption"], latents=tensors["latents"],
             audio=tensors.get("audio"), voiced=tensors["voiced"].bool() if "voiced" in tensors else None, pose=tensors["pose"].float() if "pose" in tensors else None,
-            text=tensors["text"], conditions=frozenset(info["conditions"]),
+            text=tensors["text"], conditions=frozenset(info["conditions"]), mouth_open=tensors.get("mouth_open"),
+            guide_frame=int(tensors["guide_frame"]) if "guide_frame" in tensors else None, guide_bank=_cached_bank(tensors),
         ))
     return clips

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
+from model.conditioning.motion import MouthMotion
+from model.conditioning.mouth_locator import MouthLocator
 from model.config import ModelConfig, SamplerSection, load_model_config
 from model.dit import OmniHumanDiT
 from model.errors import InputError
@@ -52,7 +54,9 @@ def export_pipeline(dit: OmniHumanDiT, model_config: ModelConfig, export_dir: Pa
         sampler = SamplerSection.model_validate({**model_config.sampler.model_dump(), **config.export_sampler})
         model_config = ModelConfig.model_validate({**model_config.model_dump(), "sampler": sampler.model_dump()})
     vae_dir = shipped_vae(config)
-    pipe = AvatarPipeline(model_config, dit.eval(), FrameVAE.from_pretrained(vae_dir))
+    pipe = AvatarPipeline(model_config, dit.eval(), FrameVAE.from_pretrained(vae_dir),
+                          motion=_part(MouthMotion, config.motion, "motion"),
+                          locator=_part(MouthLocator, config.locator, "locator"))
     pipe.save_pretrained(export_dir)
     vae_metrics = vae_dir / "metrics.json"
     record = {"train_config": config.model_dump(mode="json"), **(info or {}),
@@ -60,6 +64,15 @@ def export_pipeline(dit: OmniHumanDiT, model_config: ModelConfig, export_dir: Pa
     (export_dir / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("exported pipeline to %s", export_dir)
     return export_dir
+
+
+def _part(kind, folder: str | None, what: str):
+    """A trained part (motion model, mouth locator) the pipeline ships, or None when the config names none."""
+    if folder is None:
+        return None
+    if not (Path(folder) / "config.json").is_file():
+        raise InputError(f"{what}: no trained {what} model at {folder}")
+    return kind.from_pretrained(folder)
 
 
 def export_latest(config: DitTrainConfig, export_dir: Path | None = None, checkpoint: Path | None = None) -> dict:

@@ -18,3 +18,15 @@ def clip_audio_features(pcm: np.ndarray, num_frames: int, config: ModelConfig) -
 def clip_heatmaps(xy: np.ndarray, visibility: np.ndarray, height: int, width: int) -> torch.Tensor:
     """Keypoints [T, K, 2] in [0, 1] + visibility [T, K] -> heatmaps [T, G, height, width] at latent size."""
     return torch.as_tensor(render_heatmaps(xy, visibility, height, width)).float()
+
+
+def gated_windows(windows: torch.Tensor, voiced: torch.Tensor | None, silence: torch.Tensor, past: int) -> torch.Tensor:
+    """A clip's audio windows [T, W, K, A] with unvoiced frames' slots (voiced [T] bool) replaced by silence
+    features [K, A], as the server's VAD gates a live session."""
+    if voiced is None:
+        return windows
+    t, w = windows.shape[:2]
+    source = torch.arange(t)[:, None] - past + torch.arange(w)[None]  # [T, W] frame of each slot
+    inside = (source >= 0) & (source < t)
+    slot_voiced = torch.where(inside, voiced[source.clamp(0, t - 1)], torch.ones_like(inside))
+    return torch.where(slot_voiced[..., None, None], windows, silence.to(windows.dtype))

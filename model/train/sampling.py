@@ -6,6 +6,11 @@ just before the chunk, lightly noised with their own per-frame times (context-no
 against drift; sometimes clean, sometimes the reference repeated as at stream start), and the F
 chunk frames are noised at one flow time t. Conditions are kept with the stage's ratios, and only
 where the clip's quality flags allow them.
+
+For a guide model (model/guide.py) the reference is the frame the clip's mouth bank was drawn from,
+the mouth cells of reference and context are hidden, and each chunk frame gets the bank blended at the
+openness the motion model predicts from that frame's (VAD-gated) audio, as inference builds it; the
+chunk noise is centred on that guide (model/flow.py).
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ class Batch:
     num_reference: int
     num_context: int
     cell_weight: torch.Tensor | None = None  # [B, F, 1, h, w] loss weight of chunk latent cells (mouths up-weighted)
+    guide: torch.Tensor | None = None  # [B, F, C, h, w] chunk frames' guide latents (guide models)
 
     def to(self, device: torch.device) -> "Batch":
         """The same batch on `device`."""
@@ -50,7 +56,7 @@ class Batch:
         """Keyword arguments of OmniHumanDiT.forward."""
         return dict(latents=self.latents, timesteps=self.timesteps, num_reference=self.num_reference,
                     num_context=self.num_context, audio=self.audio, pose=self.pose, text=self.text,
-                    drop_audio=self.drop_audio, drop_text=self.drop_text, drop_pose=self.drop_pose)
+                    drop_audio=self.drop_audio, drop_text=self.drop_text, drop_pose=self.drop_pose, guide=self.guide)
 
 
 class StreamingSampleBuilder:
@@ -58,14 +64,17 @@ class StreamingSampleBuilder:
 
     def __init__(self, clips: list[CachedClip], context_frames: int, chunk_frames: int, reference_frames: int,
                  sample: SampleConfig, past_frames: int = 0, silence: torch.Tensor | None = None,
-                 timestep_shift: float = 1.0, schedule_times: torch.Tensor | None = None):
+                 timestep_shift: float = 1.0, schedule_times: torch.Tensor | None = None,
+                 guide_openness: dict[str, torch.Tensor] | None = None):
         self.m, self.f, self.r = context_frames, chunk_frames, reference_frames
+        self.guide_openness = guide_openness  # clip id -> [T] motion-model openness; None: not a guide model
         self.schedule_times = schedule_times  # [S] the sampler's step start times (1 first), drawn with schedule_time_prob
         self.past = past_frames
         self.silence = silence  # [K, A] features of a silent frame (what gated frames become)
         self.sample = sample
         self.timestep_shift = timestep_shift
-        usable = [c for c in clips if c.frames >= self.m + self.f + 1]
+        usable = [c for c in clips if c.frames >= self.m + self.f + 1
+                  and (guide_openness is None or (c.guide_bank is not None and c.id in guide_openness))]
         if not usable:
             raise ValueError(f"no clip has the {self.m + self.f + 1} frames a sample needs")
         self.buckets: dict[tuple[int, int], list[CachedClip]] = defaultdict(list)
@@ -140,6 +149,16 @@ class StreamingSampleBuilder:
         picks = self.schedule_times[torch.randint(len(self.schedule_times), (b,), generator=g)]
         return torch.where(use, picks, t)
 
+    def _guide(self, clip: CachedClip, chunk_index: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Guide latents [F, C, h, w]: the clip's bank at the motion model's openness (or, with
+        guide_truth_prob, the studio's own), jittered by guide_jitter."""
+        predicted = self.guide_openness[clip.id][chunk_index]  # type: ignore[index]
+        if clip.mouth_open is not None and float(torch.rand((), generator=g)) < self.sample.guide_truth_prob:
+            truth = clip.mouth_open[chunk_index]
+            predicted = torch.where(torch.isfinite(truth), truth, predicted)
+        jitter = torch.randn(self.f, generator=g) * self.sample.guide_jitter
+        return clip.guide_bank.blend((predicted + jitter).clamp(0.0, 1.0))  # type: ignore[union-attr]
+
     # ---------------------------------------------------------------- batch
 
     def build(self, batch_size: int, stage: StageConfig, g: torch.Generator) -> Batch:
@@ -150,9 +169,13 @@ class StreamingSampleBuilder:
         for _ in range(batch_size):
             clip = pool[int(torch.randint(len(pool), (1,), generator=g))]
             start = int(torch.randint(clip.frames - self.m - self.f + 1, (1,), generator=g))
-            reference = self._reference(clip, start, g)
+            bank = clip.guide_bank if self.guide_openness is not None else None
+            reference = (self._reference(clip, start, g) if bank is None else
+                         bank.hide_mouth(clip.latents[[clip.guide_frame] * self.r]))
             window = clip.latents[start:start + self.m + self.f]
             context, chunk = window[: self.m], window[self.m:]
+            if bank is not None:
+                context = bank.hide_mouth(context)
             if self.m and float(torch.rand((), generator=g)) < self.sample.stream_start_prob:
                 context = reference[-1:].expand(self.m, *reference.shape[1:])
             keep = {c: c in clip.conditions and float(torch.rand((), generator=g)) < stage.ratio(c)
@@ -169,6 +192,8 @@ class StreamingSampleBuilder:
                                     torch.zeros(self.f, self.pose_channels, *clip.grid))
             if self.sample.mouth_loss_weight > 1.0:
                 rows["cell_weight"].append(self._cell_weight(clip, chunk_index))
+            if bank is not None:
+                rows["guide"].append(self._guide(clip, chunk_index, g))
             rows["clean"].append(torch.cat([reference, context, chunk]))
             rows["context_t"].append(self._context_times(g))
             rows["text"].append(clip.text)
@@ -180,11 +205,13 @@ class StreamingSampleBuilder:
         chunk_t = self._chunk_times(b, g)
         timesteps = torch.cat([torch.zeros(b, self.r), torch.stack(rows["context_t"]), chunk_t[:, None].expand(b, self.f)], 1)
         loss_weight = torch.cat([torch.zeros(b, self.r + self.m), torch.ones(b, self.f)], 1)
+        guide = torch.stack(rows["guide"]) if rows["guide"] else None
+        centre = noise if guide is None else torch.cat([noise[:, : self.r + self.m], noise[:, self.r + self.m:] + guide], 1)
         return Batch(
-            latents=add_noise(clean, noise, timesteps), timesteps=timesteps, clean=clean, noise=noise,
+            latents=add_noise(clean, centre, timesteps), timesteps=timesteps, clean=clean, noise=noise,
             loss_weight=loss_weight, audio=torch.stack(rows["audio"]) if self.audio_shape is not None else None,
             pose=torch.stack(rows["pose"]) if self.pose_channels else None, text=torch.stack(rows["text"]),
             drop_audio=torch.tensor(rows["drop_audio"]), drop_pose=torch.tensor(rows["drop_pose"]),
             drop_text=torch.tensor(rows["drop_text"]), num_reference=self.r, num_context=self.m,
-            cell_weight=torch.stack(rows["cell_weight"]) if rows["cell_weight"] else None,
+            cell_weight=torch.stack(rows["cell_weight"]) if rows["cell_weight"] else None, guide=guide,
         )

@@ -16,13 +16,15 @@ from model.data import format as fmt
 from model.dit import OmniHumanDiT
 from model.errors import InputError
 from model.flow import flow_loss, timestep_schedule, velocity_target
-from model.train.cache import build_cache, load_cache
+from model.conditioning.motion import MouthMotion
+from model.train.cache import CachedClip, build_cache, load_cache
 from model.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from model.train.config import DitTrainConfig
 from model.train.distributed import DistContext
 from model.train.ema import EMA
 from model.train.export import export_pipeline, shipped_vae
 from model.train.log import TrainLog
+from model.train.features import gated_windows
 from model.train.sampling import Batch, StreamingSampleBuilder
 from model.train.schedule import autocast, lr_at, make_optimizer, step_generator
 
@@ -59,31 +61,61 @@ def initial_dit(config: DitTrainConfig, model_config) -> OmniHumanDiT:
     if not (source / "config.json").is_file():
         raise InputError(f"init_from: no DiT at {source} (expected a pipeline folder such as weights/tiny)")
     dit = OmniHumanDiT(**model_config.dit_kwargs())  # the model config's settings, the source's weights
+    source_dit = OmniHumanDiT.from_pretrained(source)
     try:
-        dit.load_state_dict_widening_input(OmniHumanDiT.from_pretrained(source).state_dict())
+        dit.load_state_dict_widening_input(source_dit.state_dict())
     except RuntimeError as error:
         raise InputError(f"init_from: the DiT at {source} does not match the model config {config.model!r}") from error
+    if source_dit.config.prediction != dit.config.prediction:  # a new output meaning: start from output 0
+        torch.nn.init.zeros_(dit.final_layer.linear.weight)
+        torch.nn.init.zeros_(dit.final_layer.linear.bias)
+        logger.info("prediction %s -> %s: output layer zeroed", source_dit.config.prediction, dit.config.prediction)
     logger.info("fine-tuning from %s", source)
     return dit
 
 
-def make_builder(clips, config: DitTrainConfig, model_config) -> StreamingSampleBuilder:
+def load_motion(config: DitTrainConfig, model_config) -> MouthMotion | None:
+    """The trained audio->motion model a guide model needs (None for other models)."""
+    if not model_config.dit.concat_guide:
+        return None
+    folder = Path(config.motion or "")
+    if config.motion is None or not (folder / "config.json").is_file():
+        raise InputError(f"a guide model needs `motion`: a trained audio->motion folder (kind: motion), got {config.motion!r}")
+    return MouthMotion.from_pretrained(str(folder)).eval()
+
+
+@torch.no_grad()
+def guide_openness(clips: list[CachedClip], motion: MouthMotion, model_config) -> dict[str, torch.Tensor]:
+    """Clip id -> [T] openness the motion model predicts from the clip's VAD-gated audio (as a live session)."""
+    silence, past = silence_features(model_config), model_config.audio.past_frames
+    return {c.id: motion(gated_windows(c.audio, c.voiced, silence, past)) for c in clips if c.audio is not None}
+
+
+def make_builder(clips, config: DitTrainConfig, model_config, motion: MouthMotion | None = None) -> StreamingSampleBuilder:
     """Sample builder with the streaming structure of the model config."""
     s = model_config.sampler
     return StreamingSampleBuilder(clips, s.context_frames, s.chunk_frames, s.reference_frames, config.sample,
                                   past_frames=model_config.audio.past_frames, silence=silence_features(model_config),
                                   timestep_shift=s.time_shift,
-                                  schedule_times=timestep_schedule(s.steps, s.time_shift)[:-1])
+                                  schedule_times=timestep_schedule(s.steps, s.time_shift)[:-1],
+                                  guide_openness=None if motion is None else guide_openness(clips, motion, model_config))
 
 
 def compute_loss(model: torch.nn.Module, batch: Batch, device: torch.device, precision: str) -> torch.Tensor:
-    """Flow-matching loss on the chunk frames only (reference and context carry weight 0)."""
+    """Flow-matching loss on the chunk frames only (reference and context carry weight 0); for a guide
+    model the target is the clean chunk minus its guide (model/flow.py)."""
     with autocast(device, precision):
-        velocity = model(**batch.model_inputs())
-    if batch.cell_weight is None:
-        return flow_loss(velocity.float(), batch.clean, batch.noise, batch.loss_weight)
+        output = model(**batch.model_inputs())
     start = batch.num_reference + batch.num_context
-    err = (velocity.float()[:, start:] - velocity_target(batch.clean, batch.noise)[:, start:]).pow(2).mean(2, keepdim=True)
+    if batch.guide is not None:
+        target = batch.clean[:, start:] - batch.guide
+    elif batch.cell_weight is None:
+        return flow_loss(output.float(), batch.clean, batch.noise, batch.loss_weight)
+    else:
+        target = velocity_target(batch.clean, batch.noise)[:, start:]
+    err = (output.float()[:, start:] - target).pow(2).mean(2, keepdim=True)  # [B, F, 1, h, w]
+    if batch.cell_weight is None:
+        return err.mean()
     return (err * batch.cell_weight).sum() / batch.cell_weight.sum()  # chunk frames only, mouths up-weighted
 
 
@@ -114,8 +146,10 @@ def train_dit(config: DitTrainConfig, ctx: DistContext, resume: bool = True, unt
     if ctx.is_main:
         build_cache(Path(config.data.root), train_entries + heldout_entries, vae_dir, model_config, cache_dir)
     ctx.barrier()
-    builder = make_builder(load_cache(cache_dir, [e.id for e in train_entries]), config, model_config)
-    heldout_builder = make_builder(load_cache(cache_dir, [e.id for e in heldout_entries]), config, model_config) if heldout_entries else None
+    motion = load_motion(config, model_config)
+    builder = make_builder(load_cache(cache_dir, [e.id for e in train_entries]), config, model_config, motion)
+    heldout_builder = (make_builder(load_cache(cache_dir, [e.id for e in heldout_entries]), config, model_config, motion)
+                       if heldout_entries else None)
     logger.info("DiT training on %d clips (%d held out), stages: %s", len(train_entries), len(heldout_entries),
                 ", ".join(f"{s.name}={s.steps}" for s in config.stages))
 
