@@ -19,6 +19,7 @@ from websockets.exceptions import ConnectionClosed
 from avatar_server.commands import serve
 from avatar_server.settings import load_settings
 from avatar_server.testing import fake_server
+from model.data.keypoints import NUM_KEYPOINTS
 from model.errors import InputError
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
@@ -192,7 +193,7 @@ async def test_bad_socket_messages_get_error_events_and_the_session_lives_on() -
             assert codes == ["bad_message", "bad_message", "unknown_command", "bad_message", "bad_message",
                              "bad_message", "bad_message", "message_too_large"]
             await events.send(json.dumps({"type": "set_text", "text": "calm"}))
-            await events.send(json.dumps({"type": "pose", "keypoints": [[0.5, 0.4, 1.0]] * 5}))
+            await events.send(json.dumps({"type": "pose", "keypoints": [[0.5, 0.4, 1.0]] * NUM_KEYPOINTS}))
             await events.send(json.dumps({"type": "interrupt"}))
         async with ws_connect(base + "/audio?sample_rate=24000") as audio:
             await audio.send(b"\x00\x01\x02")                       # odd byte count
