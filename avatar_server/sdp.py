@@ -42,15 +42,15 @@ def check_size(sdp: str, limits: LimitSettings) -> None:
         check_text(sdp, "the offer")
     except InputError as error:
         raise _bad(str(error)) from None
-    lines = sdp.count("\n") + 1
-    if lines > limits.max_sdp_lines:
-        raise _bad(f"{lines} lines; the limit is {limits.max_sdp_lines}")
     media = _count_lines(sdp, MEDIA_PREFIX)
     if media > limits.max_sdp_media:
         raise _bad(f"{media} media sections; the limit is {limits.max_sdp_media}")
     candidates = _count_lines(sdp, CANDIDATE_PREFIX)
     if candidates > limits.max_sdp_candidates:
         raise _bad(f"{candidates} ICE candidates; the limit is {limits.max_sdp_candidates}")
+    lines = sdp.count("\n") + 1
+    if lines > limits.max_sdp_lines:
+        raise _bad(f"{lines} lines; the limit is {limits.max_sdp_lines}")
 
 
 def _fingerprints_ok(fingerprints: list) -> bool:
