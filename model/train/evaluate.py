@@ -13,6 +13,12 @@ Every figure is measured on decoded RGB frames, never on latents:
 - seams: frame-to-frame change at chunk boundaries / inside chunks.
 - drift: appearance similarity to the reference (colour histogram + structure) over the first vs
   the last `window` seconds of one continuous stream of `minutes` (the clip's audio looped).
+- identity: that similarity of the whole stream to the reference, beside the ground truth's own.
+- stillness: frame-to-frame change inside silent stretches, generated / ground truth.
+- by steps: the audio-only stream's figures at each step count of `steps_list` (default steps and 1).
+- human voice: recorded speech (not the studio's TTS) joined with pauses and streamed through the avatar
+  picture; the dark-pixel openness in the avatar's mouth box against the voice's loudness envelope,
+  beside the same figures of studio ground truth (the yardstick).
 """
 
 from __future__ import annotations
@@ -32,19 +38,28 @@ from model.data import format as fmt
 from model.data import keypoints as kp
 from model.errors import InputError
 from model.flow import Guidance
-from model.pipeline import AvatarPipeline, StreamOptions
+from model.media import Mp4Writer, load_audio, load_image
+from model.pipeline import FALLBACK_MOUTH, AvatarPipeline, ReferenceFeatures, StreamOptions
 from model.train.frames import bucket_size, resize_frames
 from model.train.metrics import (
-    appearance_similarity, mouth_box, mouth_openness, pearson, psnr, seam_ratio, silence_ratio, ssim, uint8_to_float,
+    MIN_SILENT_RUN, SILENT_EDGE, appearance_similarity, loudness_envelope, mouth_box, mouth_box_at, mouth_openness,
+    pearson, psnr, seam_ratio, silence_ratio, silent_mask, ssim, stillness, uint8_to_float, voice_figures,
 )
+
+# MIN_SILENT_RUN, SILENT_EDGE and silent_mask moved to metrics; they stay importable from here
 
 logger = logging.getLogger(__name__)
 
 PUSH_SAMPLES = 320            # 20 ms pieces, as audio ingest delivers them
 FRAMING_ORDER = ("face", "portrait", "half_body", "full_body", "unknown")
 SPEAKING_OPEN = 0.08          # ground-truth mouth_open above this = speaking frame
-MIN_SILENT_RUN = 8            # frames; shorter gaps between words do not count as silence
-SILENT_EDGE = 3               # frames dropped at each end of a silent run (mouth closing/opening)
+DEFAULT_STEPS = "DEFAULT"     # in a steps list: the checkpoint's own step count
+HUMAN_VOICE_DIR = Path("/usr/share/sounds/alsa")  # Debian alsa-utils' recorded speech (48 kHz wav)
+DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "avatar_server" / "assets" / "default_avatar.png"
+YARDSTICK_CLIPS = 4           # studio clips whose ground truth is the human-voice yardstick
+# the audio-only stream's figures, per clip, reported for every step count (by_steps) and at the top level
+STREAM_KEYS = ("lipsync_corr", "silence_ratio", "open_speaking", "open_silent", "psnr_audio_only", "motion_ratio",
+               "seam_ratio", "stillness_ratio", "similarity_ref", "similarity_ref_truth", "similarity_ratio")
 
 
 class VoiceActivity(Protocol):
@@ -66,6 +81,23 @@ class EvalSettings:
     drift_window_s: float = 10.0
     seed: int = 0
     framings: tuple[str, ...] | None = None  # only clips of these framings (None: all, close ones first)
+    steps_list: tuple[int | None, ...] = (None, 1)  # step counts of by_steps (None: the checkpoint's default)
+    human_voice: tuple[Path, ...] = ()  # recordings for the human-voice figure (empty: skip it)
+    reference: Path = DEFAULT_REFERENCE  # the avatar picture that speaks them
+    pause_s: float = 1.0          # silence between (and after) the recordings
+    save_video: Path | None = None  # write the default-steps human-voice video here (mp4 with the audio)
+
+
+def human_voice_recordings(folder: Path | None = None) -> tuple[Path, ...]:
+    """The *.wav recordings of a folder, sorted (default: alsa-utils'; empty when that is not installed)."""
+    if folder is None:
+        return tuple(sorted(HUMAN_VOICE_DIR.glob("*.wav"))) if HUMAN_VOICE_DIR.is_dir() else ()
+    if not folder.is_dir():
+        raise InputError(f"human-voice folder not found: {folder}")
+    recordings = tuple(sorted(folder.glob("*.wav")))
+    if not recordings:
+        raise InputError(f"human-voice folder {folder} has no .wav recordings")
+    return recordings
 
 
 @dataclass
@@ -124,8 +156,17 @@ def stream_clip(pipe: AvatarPipeline, reference: np.ndarray, audio: np.ndarray, 
     it is ready, flush with silence; returns uint8 [frames, H, W, 3]."""
     height, width = reference.shape[:2]
     features = pipe.encode_reference(reference, height=height, width=width)
+    return stream_features(pipe, features, audio, frames, text, seed, steps, guidance, activity)[0]
+
+
+def stream_features(pipe: AvatarPipeline, features: ReferenceFeatures, audio: np.ndarray, frames: int,
+                    text: str | None, seed: int, steps: int | None = None, guidance: Guidance | None = None,
+                    activity: VoiceActivity | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """`stream_clip` on a prepared reference; also the chunks' predicted mouth openness [frames] (None when
+    the model predicts none)."""
     stream = pipe.open_stream(features, StreamOptions(text=text, seed=seed, steps=steps, guidance=guidance))
     out: list[np.ndarray] = []
+    predicted: list[np.ndarray] = []
     produced = 0
     try:
         position = 0
@@ -137,34 +178,29 @@ def stream_clip(pipe: AvatarPipeline, reference: np.ndarray, audio: np.ndarray, 
             while produced < frames and stream.ready():
                 chunk = pipe.generate([stream], steps=steps)[0]
                 out.append(chunk.frames)
+                if chunk.mouth_open is not None:
+                    predicted.append(np.asarray(chunk.mouth_open, dtype=np.float32))
                 produced += len(chunk.frames)
     finally:
         stream.close()
-    return np.concatenate(out)[:frames]
+    openness = np.concatenate(predicted)[:frames] if len(predicted) == len(out) and predicted else None
+    return np.concatenate(out)[:frames], openness
 
 
 #################################################################################
 #                                    Metrics                                    #
 #################################################################################
 
-def silent_mask(speaking: np.ndarray) -> np.ndarray:
-    """Frames inside silent stretches of at least MIN_SILENT_RUN frames, edges trimmed."""
-    mask = np.zeros(len(speaking), dtype=bool)
-    start = None
-    for t, value in enumerate(list(speaking) + [True]):
-        if not value and start is None:
-            start = t
-        elif value and start is not None:
-            if t - start >= MIN_SILENT_RUN:
-                mask[start + SILENT_EDGE:t - SILENT_EDGE] = True
-            start = None
-    return mask
+def _truth_corr(truth: np.ndarray, measured: np.ndarray) -> float:
+    """Pearson correlation with the ground truth; NaN when the ground-truth mouth never moves (a silent clip
+    says nothing about lip sync, and the means skip it)."""
+    return pearson(truth, measured) if np.ptp(truth) > 0 else float("nan")
 
 
 def lip_sync(clip: HeldoutClip, frames: np.ndarray) -> float:
     """Correlation of the ground-truth mouth openness with the openness measured on `frames`."""
     n = min(len(frames), len(clip.frames))
-    return pearson(np.nan_to_num(clip.mouth_open[:n]), mouth_openness(frames[:n], clip.boxes[:n]))
+    return _truth_corr(np.nan_to_num(clip.mouth_open[:n]), mouth_openness(frames[:n], clip.boxes[:n]))
 
 
 def lip_figures(clip: HeldoutClip, generated: np.ndarray) -> dict[str, float]:
@@ -176,7 +212,7 @@ def lip_figures(clip: HeldoutClip, generated: np.ndarray) -> dict[str, float]:
     speaking = clip.speaking[:n]
     keep = silent | speaking
     return {
-        "lipsync_corr": pearson(truth, measured),
+        "lipsync_corr": _truth_corr(truth, measured),
         "metric_validity": lip_sync(clip, clip.frames[:n]),
         "silence_ratio": silence_ratio(measured[keep], speaking[keep]) if silent.any() else float("nan"),
         "open_speaking": float(np.median(measured[speaking])) if speaking.any() else float("nan"),
@@ -196,6 +232,36 @@ def motion_energy(frames: np.ndarray) -> float:
     return float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean())
 
 
+def stream_figures(clip: HeldoutClip, streamed: np.ndarray, chunk_frames: int) -> dict[str, float]:
+    """The audio-only stream's figures of one clip (STREAM_KEYS): lips, silence, seams, stillness, identity."""
+    n = min(len(streamed), len(clip.frames))
+    reference = clip.frames[0]
+    silent = silent_mask(clip.speaking[:n])
+    still_truth = stillness(clip.frames[:n], silent)
+    similarity, similarity_truth = appearance_similarity(streamed, reference), appearance_similarity(clip.frames, reference)
+    figures = {**lip_figures(clip, streamed),
+               "psnr_audio_only": psnr(uint8_to_float(streamed[:n]), uint8_to_float(clip.frames[:n])),
+               "motion_ratio": motion_energy(streamed) / max(motion_energy(clip.frames), 1e-6),
+               "seam_ratio": seam_ratio(streamed, chunk_frames),
+               "stillness_ratio": stillness(streamed[:n], silent) / still_truth if still_truth > 0 else float("nan"),
+               "similarity_ref": similarity, "similarity_ref_truth": similarity_truth,
+               "similarity_ratio": similarity / max(similarity_truth, 1e-6)}
+    return {key: figures[key] for key in STREAM_KEYS}
+
+
+def summarize(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
+    """Mean of each key over the rows (NaN skipped); similarity_ratio is the ratio of the two means."""
+    summary = {key: _nanmean([row[key] for row in rows]) for key in keys}
+    if {"similarity_ref", "similarity_ref_truth", "similarity_ratio"} <= set(keys):
+        summary["similarity_ratio"] = summary["similarity_ref"] / max(summary["similarity_ref_truth"], 1e-6)
+    return summary
+
+
+def steps_label(pipe: AvatarPipeline, steps: int | None) -> str:
+    """The by_steps key of a step count (None: the checkpoint's default)."""
+    return str(pipe.config.steps if steps is None else steps)
+
+
 def _nanmean(values: list[float]) -> float:
     finite = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
@@ -210,9 +276,12 @@ def evaluate(checkpoint: Path, data: Path, settings: EvalSettings,
     """All figures of the checkpoint on held-out clips of `data` (see the module docstring)."""
     began = time.monotonic()
     pipe = AvatarPipeline.from_pretrained(checkpoint)
-    clips = load_heldout(data, settings, pipe, max(settings.clips, settings.sweep_clips, 1))
+    wanted = max(settings.clips, settings.sweep_clips, YARDSTICK_CLIPS if settings.human_voice else 1)
+    clips = load_heldout(data, settings, pipe, wanted)
     chunk_frames = pipe.config.chunk_frames
-    per_clip = []
+    labels = {steps_label(pipe, steps): steps for steps in settings.steps_list}  # "2" -> None, "1" -> 1
+    default_label = steps_label(pipe, None)
+    per_clip, per_steps = [], {label: [] for label in labels}
     for clip in clips[: settings.clips]:
         reference = clip.frames[0]
         activity = make_activity() if make_activity else None
@@ -221,22 +290,30 @@ def evaluate(checkpoint: Path, data: Path, settings: EvalSettings,
         n = min(len(rendered), len(clip.frames))
         truth, fake = uint8_to_float(clip.frames[:n]), uint8_to_float(rendered[:n])
         row = {"id": clip.id, "framing": clip.framing, "frames": len(clip.frames), **lip_figures(clip, streamed),
+               **stream_figures(clip, streamed, chunk_frames),
                "lipsync_corr_pose": lip_sync(clip, rendered),
                "lipsync_vae_ceiling": lip_sync(clip, vae_roundtrip(pipe, clip.frames)),
-               "psnr": psnr(fake, truth), "ssim": ssim(fake, truth),
-               "psnr_audio_only": psnr(uint8_to_float(streamed[:n]), truth),
-               "motion_ratio": motion_energy(streamed) / max(motion_energy(clip.frames), 1e-6),
-               "seam_ratio": seam_ratio(streamed, chunk_frames)}
+               "psnr": psnr(fake, truth), "ssim": ssim(fake, truth)}
         per_clip.append(row)
+        for label, steps in labels.items():
+            if label == default_label:
+                per_steps[label].append(stream_figures(clip, streamed, chunk_frames))
+                continue
+            activity = make_activity() if make_activity else None
+            frames = stream_clip(pipe, reference, clip.audio, len(clip.frames), clip.caption, settings.seed,
+                                 steps=steps, activity=activity)
+            per_steps[label].append(stream_figures(clip, frames, chunk_frames))
         logger.info("eval %s (%s): %s", clip.id, clip.framing,
                     ", ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)))
-    summary = {key: _nanmean([row[key] for row in per_clip]) for key in
-               ("lipsync_corr", "lipsync_corr_pose", "lipsync_vae_ceiling", "metric_validity", "silence_ratio", "open_speaking",
-                "open_silent", "psnr", "ssim", "psnr_audio_only", "motion_ratio", "seam_ratio")}
+    summary = summarize(per_clip, ("lipsync_corr", "lipsync_corr_pose", "lipsync_vae_ceiling", "metric_validity",
+                                   "psnr", "ssim") + STREAM_KEYS)
     result = {"checkpoint": str(checkpoint), "data": str(data), "split": settings.split, "clips": len(per_clip),
               "chunk_frames": chunk_frames, "steps": pipe.config.steps, "vad": make_activity is not None, **summary,
+              "by_steps": {label: summarize(rows, STREAM_KEYS) for label, rows in per_steps.items()},
               "sweep": sweep(pipe, clips[: settings.sweep_clips], settings, make_activity),
               "drift": drift(pipe, clips[0], settings) if settings.drift_minutes > 0 else None,
+              "human_voice": human_voice_report(pipe, clips[:YARDSTICK_CLIPS], settings, make_activity)
+              if settings.human_voice else None,
               "per_clip": per_clip}
     result["wall_s"] = round(time.monotonic() - began, 1)
     return result
@@ -281,3 +358,89 @@ def drift(pipe: AvatarPipeline, clip: HeldoutClip, settings: EvalSettings) -> di
             "similarity_start": start, "similarity_end": end, "ratio": end / max(start, 1e-6),
             "seam_ratio": seam_ratio(video, pipe.config.chunk_frames),
             "wall_s": round(time.monotonic() - began, 1)}
+
+
+#################################################################################
+#                            A recorded human voice                             #
+#################################################################################
+
+def join_recordings(recordings: list[Path], sample_rate: int, pause_s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The recordings resampled to `sample_rate` mono, each followed by `pause_s` of silence; returns the
+    audio float32 [S] and a bool [S] mask of the pauses."""
+    pause = np.zeros(int(round(pause_s * sample_rate)), np.float32)
+    pieces, masks = [], []
+    for path in recordings:
+        speech = load_audio(path, sample_rate)
+        pieces += [speech, pause]
+        masks += [np.zeros(len(speech), bool), np.ones(len(pause), bool)]
+    if not pieces:
+        raise InputError("no human-voice recordings to join")
+    return np.concatenate(pieces), np.concatenate(masks)
+
+
+def frame_pauses(pause_samples: np.ndarray, samples_per_frame: int, frames: int, edge: int = SILENT_EDGE) -> np.ndarray:
+    """Frames lying wholly inside a pause, `edge` frames trimmed at each end of every pause."""
+    padded = np.ones(frames * samples_per_frame, bool)  # the stream's silent flush after the audio counts as pause
+    used = min(len(pause_samples), len(padded))
+    padded[:used] = pause_samples[:used]
+    inside = padded.reshape(frames, samples_per_frame).all(axis=1)
+    return silent_mask(~inside, min_run=2 * edge + 1, edge=edge)
+
+
+def human_voice(pipe: AvatarPipeline, reference_image: Path | np.ndarray, recordings: list[Path], pause_s: float = 1.0,
+                steps: int | None = None, *, make_activity: Callable[[], VoiceActivity] | None = None, seed: int = 0,
+                save_video: Path | None = None) -> dict:
+    """Stream recordings (joined with pauses) through the avatar picture as the server does; the dark-pixel
+    openness in the avatar's mouth box against the voice's loudness (see metrics.voice_figures)."""
+    rate, per_frame = pipe.config.sample_rate, pipe.config.samples_per_frame
+    audio, pauses = join_recordings(list(recordings), rate, pause_s)
+    frames = -(-len(audio) // per_frame)
+    image = load_image(reference_image) if isinstance(reference_image, (str, Path)) else reference_image
+    features = pipe.encode_reference(image)
+    box = features.mouth_bank.box if features.mouth_bank is not None else FALLBACK_MOUTH
+    pixel_box = mouth_box_at(box.x, box.y, box.width, features.width, features.height)
+    activity = make_activity() if make_activity else None
+    video, predicted = stream_features(pipe, features, audio, frames, None, seed, steps=steps, activity=activity)
+    if save_video is not None:
+        with Mp4Writer(save_video, pipe.config.fps, audio, rate) as writer:
+            writer.write(video)
+    envelope = loudness_envelope(audio, per_frame, frames)
+    openness = mouth_openness(video, [pixel_box] * len(video))
+    figures = voice_figures(openness, envelope, silent=frame_pauses(pauses, per_frame, frames))
+    if predicted is not None:  # the motion model's own openness, before the DiT draws it
+        figures["predicted_corr"] = voice_figures(predicted, envelope)["corr"]
+    logger.info("human voice, %s steps: %s", steps_label(pipe, steps), figures)
+    return {**figures, "frames": int(frames), "seconds": round(len(audio) / rate, 2), "mouth_box": list(pixel_box)}
+
+
+def yardstick(clips: list[HeldoutClip], samples_per_frame: int) -> dict:
+    """The human-voice figures of studio ground truth: each clip's true frames (openness in its lip box)
+    against its own audio's loudness, averaged over the clips."""
+    rows = []
+    for clip in clips:
+        envelope = loudness_envelope(clip.audio, samples_per_frame, len(clip.frames))
+        rows.append(voice_figures(mouth_openness(clip.frames, clip.boxes), envelope))
+    summary = {key: _nanmean([row[key] for row in rows]) for key in ("corr", "lag", "open_speaking", "open_silent")}
+    return {**summary, "clips": [clip.id for clip in clips], "lags": [row["lag"] for row in rows]}
+
+
+def human_voice_report(pipe: AvatarPipeline, clips: list[HeldoutClip], settings: EvalSettings,
+                       make_activity: Callable[[], VoiceActivity] | None) -> dict:
+    """result["human_voice"]: the figures at every step count of `steps_list`, the yardstick, their ratio."""
+    stick = yardstick(clips, pipe.config.samples_per_frame)
+    default_label = steps_label(pipe, None)
+    by_steps, seconds = {}, None
+    for steps in settings.steps_list:
+        label = steps_label(pipe, steps)
+        if label in by_steps:
+            continue
+        video = settings.save_video if label == default_label else None
+        figures = human_voice(pipe, settings.reference, list(settings.human_voice), settings.pause_s, steps,
+                              make_activity=make_activity, seed=settings.seed, save_video=video)
+        seconds = figures.pop("seconds")
+        figures["ratio_to_yardstick"] = figures["corr"] / stick["corr"] if stick["corr"] > 0 else float("nan")
+        by_steps[label] = figures
+    default = by_steps.get(default_label) or next(iter(by_steps.values()))
+    return {"recordings": [str(path) for path in settings.human_voice], "reference": str(settings.reference),
+            "pause_s": settings.pause_s, "seconds": seconds, "by_steps": by_steps, "yardstick": stick,
+            "ratio_to_yardstick": default["ratio_to_yardstick"], "video": str(settings.save_video) if settings.save_video else None}
