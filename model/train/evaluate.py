@@ -2,7 +2,7 @@
 
 Every figure is measured on decoded RGB frames, never on latents:
 - lip sync: Pearson correlation between the ground-truth mouth openness (studio keypoints) and the
-  openness measured on generated frames = fraction of dark pixels (luma < 0.55 x the box median)
+  openness measured on generated frames = fraction of dark pixels (luma < 0.8 x the box median)
   inside the ground-truth lip-contour box; `metric_validity` is the same correlation measured on the
   ground-truth frames, i.e. how well the frame measure can follow a mouth at this resolution, and
   `lipsync_vae_ceiling` the same on the ground truth passed through the checkpoint's VAE (encode ->
