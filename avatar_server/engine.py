@@ -111,7 +111,9 @@ class Engine:
         self.pipe = pipe
         self.settings = settings
         self.max_steps = steps or int(pipe.config.steps)
-        self.min_steps = min(settings.min_steps, self.max_steps)
+        # never below what the checkpoint's evaluation validated (pipeline.json sampler.min_steps)
+        validated = int(getattr(pipe.config, "min_steps", 1))
+        self.min_steps = min(max(settings.min_steps, validated), self.max_steps)
         self.frames_per_chunk = int(pipe.config.chunk_frames)
         self.frame_s = 1.0 / float(pipe.config.fps)
         self.sample_rate = int(pipe.config.sample_rate)

@@ -72,6 +72,7 @@ def _fingerprint(vae_dir: Path, model_config: ModelConfig) -> str:
             digest.update(path.name.encode())
             digest.update(path.read_bytes())
     digest.update(FEATURES_VERSION.encode())
+    digest.update(model_config.guide.model_dump_json().encode())
     digest.update(model_config.audio.model_dump_json().encode())
     digest.update(json.dumps([model_config.dit.pose_channels, model_config.video.height, model_config.video.width]).encode())
     return digest.hexdigest()[:16]
@@ -93,13 +94,14 @@ def encode_clip(clip: fmt.Clip, vae: FrameVAE, model_config: ModelConfig, text_e
         pose = clip_heatmaps(clip.keypoints.xy, clip.keypoints.visibility, height // vae.downsample, width // vae.downsample)
         tensors["pose"] = pose.to(torch.float16).contiguous()
     if clip.keypoints is not None:
-        tensors.update(_guide_features(clip, frames, vae))
+        tensors.update(_guide_features(clip, frames, vae, model_config))
     text = text_encoder.encode(clip.meta.caption)
     tensors["text"] = (text if text is not None else torch.zeros(text_encoder.dim)).float().cpu().contiguous()
     return tensors
 
 
-def _guide_features(clip: fmt.Clip, frames: torch.Tensor, vae: FrameVAE) -> dict[str, torch.Tensor]:
+def _guide_features(clip: fmt.Clip, frames: torch.Tensor, vae: FrameVAE,
+                    model_config: ModelConfig) -> dict[str, torch.Tensor]:
     """Mouth openness [T] and the mouth bank of the most closed-mouth frame whose lips are visible."""
     keypoints = clip.keypoints
     opening = np.nan_to_num(keypoints.mouth_open.astype(np.float32), nan=np.inf)
@@ -107,7 +109,8 @@ def _guide_features(clip: fmt.Clip, frames: torch.Tensor, vae: FrameVAE) -> dict
     for index in np.argsort(opening, kind="stable"):
         box = mouth_box_from_keypoints(keypoints.xy[index], keypoints.visibility[index])
         if box is not None:
-            bank = build_mouth_bank(frames[index].permute(1, 2, 0).numpy(), box, vae.encode)
+            bank = build_mouth_bank(frames[index].permute(1, 2, 0).numpy(), box, vae.encode,
+                                    model_config.guide.openings, model_config.guide.cell_threshold)
             out.update(guide_frame=torch.tensor([int(index)]), guide_bank=bank.latents.contiguous(),
                        guide_cells=bank.mouth_cells.to(torch.uint8), guide_box=torch.tensor(box.as_list()))
             break
