@@ -18,7 +18,7 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 
 from avatar_server.audio import PCM16Decoder
-from avatar_server.auth import Authenticator, bearer
+from avatar_server.auth import Authenticator, Grant, bearer
 from avatar_server.avatars import DEFAULT_AVATAR_ID, AvatarStore
 from avatar_server.engine import Engine
 from avatar_server.http import BodyLimit
@@ -38,7 +38,9 @@ API_VERSION = "v1"
 GUIDANCE_MAX = 20.0
 MIN_SIDE = 16
 WS_POLICY_VIOLATION = 1008
-WS_UNAUTHORIZED = 4401
+WS_NORMAL = 1000
+WS_UNAUTHORIZED = 4401  # no/wrong credential at open; also sent when the socket's token expires while open
+WS_FORBIDDEN = 4403     # a valid token for something else (a client token, another session's token)
 WS_NOT_FOUND = 4404
 
 
@@ -176,7 +178,11 @@ def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
     def key_only(request: Request) -> None:
         state.auth.check(bearer(request.headers.get("authorization")), key_only=True)
 
-    _add_session_routes(app, state, authorized)
+    def session_owner(request: Request, session_id: str) -> None:
+        state.auth.check_session(bearer(request.headers.get("authorization")), session_id,
+                                 _live(state, session_id))
+
+    _add_session_routes(app, state, authorized, session_owner)
     _add_avatar_routes(app, state, authorized)
     _add_socket_routes(app, state)
     _add_misc_routes(app, state, key_only)
@@ -215,7 +221,21 @@ def _session_options(state: ServerState, body: SessionRequest) -> SessionOptions
                           guidance=guidance or None)
 
 
-def _add_session_routes(app: FastAPI, state: ServerState, authorized: Any) -> None:
+def _live(state: ServerState, session_id: str) -> bool:
+    """The session exists and has not ended."""
+    session = state.manager.sessions.get(session_id)
+    return session is not None and not session.closed
+
+
+def _session_token(state: ServerState, session: Session) -> str | None:
+    """The answer's token: good for this session only, until it ends (or session_token_ttl_s)."""
+    if state.auth.open:
+        return None
+    ttl = state.settings.auth.session_token_ttl_s or state.settings.sessions.max_duration_s
+    return state.auth.issue_session(session.id, time.time() + ttl)
+
+
+def _add_session_routes(app: FastAPI, state: ServerState, authorized: Any, session_owner: Any) -> None:
     @app.get(f"/{API_VERSION}/ice-servers", dependencies=[Depends(authorized)], tags=["sessions"])
     async def ice_servers() -> dict[str, Any]:
         """STUN/TURN servers to use in the offer."""
@@ -232,9 +252,9 @@ def _add_session_routes(app: FastAPI, state: ServerState, authorized: Any) -> No
         session, sdp = await state.manager.create(body.sdp, options, avatar)
         base = f"/{API_VERSION}/sessions/{session.id}"
         response.headers["Location"] = base
-        token = None if state.auth.open else state.auth.issue()[0]
         return SessionResponse(session_id=session.id, sdp=sdp, ice_servers=state.manager.ice_servers(),
-                               events_url=f"{base}/events", audio_url=f"{base}/audio", token=token)
+                               events_url=f"{base}/events", audio_url=f"{base}/audio",
+                               token=_session_token(state, session))
 
     @app.post(f"/{API_VERSION}/whep", status_code=201, dependencies=[Depends(authorized)], tags=["sessions"],
               response_class=Response, openapi_extra={"requestBody": {
@@ -258,7 +278,7 @@ def _add_session_routes(app: FastAPI, state: ServerState, authorized: Any) -> No
             headers["Link"] = ", ".join(links)
         return Response(answer, status_code=201, media_type="application/sdp", headers=headers)
 
-    @app.get(f"/{API_VERSION}/sessions/{{session_id}}", dependencies=[Depends(authorized)], tags=["sessions"])
+    @app.get(f"/{API_VERSION}/sessions/{{session_id}}", dependencies=[Depends(session_owner)], tags=["sessions"])
     async def get_session(session_id: str) -> dict[str, Any]:
         """State and stats of a live session."""
         session = state.manager.get(session_id)
@@ -268,7 +288,7 @@ def _add_session_routes(app: FastAPI, state: ServerState, authorized: Any) -> No
                 "stats": session.stats(), "frames_sent": counters.frames_sent,
                 "frames_generated_sent": counters.frames_generated_sent, "first_frame_s": first}
 
-    @app.delete(f"/{API_VERSION}/sessions/{{session_id}}", status_code=204, dependencies=[Depends(authorized)],
+    @app.delete(f"/{API_VERSION}/sessions/{{session_id}}", status_code=204, dependencies=[Depends(session_owner)],
                 tags=["sessions"])
     async def delete_session(session_id: str) -> Response:
         """End a session and free everything it holds."""
@@ -367,19 +387,20 @@ def _add_misc_routes(app: FastAPI, state: ServerState, key_only: Any) -> None:
 #################################################################################
 
 
-async def _open_socket(state: ServerState, ws: WebSocket, session_id: str) -> Session | None:
-    """Auth (`?token=` or Bearer) and session lookup; refusals are accepted and closed with a code
-    (4401 unauthorized, 4404 unknown session) that browsers can read. None when refused."""
+async def _open_socket(state: ServerState, ws: WebSocket, session_id: str) -> tuple[Session, Grant] | None:
+    """Auth (`?token=` or Bearer: an API key or this session's token) and session lookup; refusals are
+    accepted and closed with a code browsers can read (4401 unauthorized, 4403 a token for something
+    else, 4404 unknown session). None when refused."""
     credential = ws.query_params.get("token") or bearer(ws.headers.get("authorization"))
     session = state.manager.sessions.get(session_id)
     try:
-        state.auth.check(credential)
-    except Problem:
-        code, reason = WS_UNAUTHORIZED, "unauthorized"
+        grant = state.auth.check_session(credential, session_id, _live(state, session_id))
+    except Problem as problem:
+        code, reason = (WS_FORBIDDEN, "forbidden") if problem.status == 403 else (WS_UNAUTHORIZED, "unauthorized")
     else:
         if session is not None and not session.closed:
             await ws.accept()
-            return session
+            return session, grant
         code, reason = WS_NOT_FOUND, "unknown session"
     await ws.accept()
     await ws.close(code=code, reason=reason)
@@ -426,11 +447,12 @@ def _add_socket_routes(app: FastAPI, state: ServerState) -> None:
     @app.websocket(f"/{API_VERSION}/sessions/{{session_id}}/events")
     async def events(ws: WebSocket, session_id: str) -> None:
         """State/stats/error events out; interrupt, set_text and pose in."""
-        session = await _open_socket(state, ws, session_id)
-        if session is None:
+        opened = await _open_socket(state, ws, session_id)
+        if opened is None:
             return
+        session, grant = opened
         queue = session.attach()
-        sender = asyncio.create_task(_send_events(ws, queue))
+        sender = asyncio.create_task(_send_events(ws, queue, grant.expires))
         limiter = RateLimiter(limits.max_ws_messages_per_s, limits.ws_burst)
         try:
             while not sender.done():
@@ -441,7 +463,7 @@ def _add_socket_routes(app: FastAPI, state: ServerState) -> None:
                 reply = _error(problem, "message dropped") if problem else _handle_command(state, session, message)
                 if reply is not None:
                     session.offer(queue, reply)
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: closed by the sender meanwhile
             pass
         finally:
             sender.cancel()
@@ -451,9 +473,10 @@ def _add_socket_routes(app: FastAPI, state: ServerState) -> None:
     @app.websocket(f"/{API_VERSION}/sessions/{{session_id}}/audio")
     async def audio(ws: WebSocket, session_id: str) -> None:
         """PCM16 LE mono binary messages at ?sample_rate=; {"type": "flush"} and {"type": "clear"}."""
-        session = await _open_socket(state, ws, session_id)
-        if session is None:
+        opened = await _open_socket(state, ws, session_id)
+        if opened is None:
             return
+        session, grant = opened
         rate_text = ws.query_params.get("sample_rate", "16000")
         if not rate_text.isdigit() or not 8000 <= int(rate_text) <= limits.max_ws_sample_rate:
             await ws.send_json(_error("bad_sample_rate", f"sample_rate must be 8000..{limits.max_ws_sample_rate}"))
@@ -461,7 +484,7 @@ def _add_socket_routes(app: FastAPI, state: ServerState) -> None:
             return
         decoder = PCM16Decoder(int(rate_text), session.rate)
         limiter = RateLimiter(limits.max_ws_messages_per_s, limits.ws_burst)
-        closer = asyncio.create_task(_close_when_ended(ws, session))
+        closer = asyncio.create_task(_close_when_ended(ws, session, grant.expires))
         try:
             while True:
                 message = await ws.receive()
@@ -478,19 +501,38 @@ def _add_socket_routes(app: FastAPI, state: ServerState) -> None:
             await asyncio.gather(closer, return_exceptions=True)
 
 
-async def _close_when_ended(ws: WebSocket, session: Session) -> None:
-    """Close a session's audio socket when the session ends."""
-    await session.ended.wait()
+def _seconds_left(expires: float | None) -> float | None:
+    """Seconds until a credential expires (None: never)."""
+    return None if expires is None else max(0.0, expires - time.time())
+
+
+async def _close_expired(ws: WebSocket) -> None:
+    """Close a socket whose token expired: 4401, the client needs a fresh token."""
     with contextlib.suppress(RuntimeError, WebSocketDisconnect):
-        await ws.close()
+        await ws.close(code=WS_UNAUTHORIZED, reason="token expired")
 
 
-async def _send_events(ws: WebSocket, queue: asyncio.Queue) -> None:
-    """Forward a session's events until it closes (None)."""
+async def _close_when_ended(ws: WebSocket, session: Session, expires: float | None) -> None:
+    """Close a session's audio socket when the session ends (1000) or its token expires (4401)."""
+    try:
+        await asyncio.wait_for(session.ended.wait(), _seconds_left(expires))
+    except asyncio.TimeoutError:
+        await _close_expired(ws)
+        return
+    with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+        await ws.close(code=WS_NORMAL, reason="session ended")
+
+
+async def _send_events(ws: WebSocket, queue: asyncio.Queue, expires: float | None) -> None:
+    """Forward a session's events until it closes (None, then 1000) or the socket's token expires (4401)."""
     while True:
-        event = await queue.get()
+        try:
+            event = await asyncio.wait_for(queue.get(), _seconds_left(expires))
+        except asyncio.TimeoutError:
+            await _close_expired(ws)
+            return
         if event is None:
-            await ws.close()
+            await ws.close(code=WS_NORMAL, reason="session ended")
             return
         await ws.send_text(json.dumps(event))
 

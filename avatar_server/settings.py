@@ -130,7 +130,9 @@ class AuthSettings(_Section):
     """Bearer API keys and short-lived browser tokens; no keys means an open API."""
 
     api_keys: tuple[str, ...] = ()
-    token_ttl_s: int = Field(default=600, gt=0)
+    token_ttl_s: int = Field(default=600, gt=0, description="lifetime of client tokens (POST /v1/tokens)")
+    session_token_ttl_s: int | None = Field(default=None, gt=0, description="lifetime of a session's own token; "
+                                            "None: the session's max_duration_s (it dies with the session anyway)")
     token_secret: str | None = Field(default=None, description="HMAC secret; random per process when unset")
 
 

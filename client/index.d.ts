@@ -163,6 +163,8 @@ export declare class AvatarClient extends EventTarget {
   readonly state: SessionState | null;
   readonly stats: StatsEvent | null;
   readonly sessionId: string | null;
+  /** The session's own token when the server requires auth: its sockets and its DELETE, dies with the session. */
+  readonly sessionToken: string | null;
   /** ws(s) URL of the session's PCM16 push socket (token included), for TTS / agent audio. */
   readonly audioUrl: string | null;
   /** Avatar video + synced audio (one track each); a new stream after every (re)connect. */
@@ -216,7 +218,8 @@ export declare class Signaling {
     location: string;
     token: string | null;
   }>;
-  deleteSession(sessionId: string): Promise<boolean>;
+  /** `token`: the session's own token (a client token cannot end a session). */
+  deleteSession(sessionId: string, token?: string | null): Promise<boolean>;
   listAvatars(): Promise<AvatarInfo[]>;
   uploadAvatar(image: Blob, name?: string): Promise<AvatarInfo>;
 }

@@ -464,7 +464,7 @@ async def test_socket_and_http_urls_with_tokens_are_logged_redacted() -> None:
                 answer = (await http.post("/v1/sessions", json={"sdp": await make_offer()}, headers=key)).json()
                 await http.get(f"/v1/avatars?token={token}")
                 ws_base = url.replace("http", "ws") + f"/v1/sessions/{answer['session_id']}/events"
-                for credential in (token, "k-secret-key"):
+                for credential in (answer["token"], "k-secret-key"):  # a socket takes the key or its session's token
                     async with ws_connect(f"{ws_base}?token={credential}") as events:
                         await events.recv()
         finally:
@@ -473,3 +473,4 @@ async def test_socket_and_http_urls_with_tokens_are_logged_redacted() -> None:
     text = "\n".join(captured)
     assert "WebSocket" in text and "token=[redacted]" in text, text
     assert token not in text and "k-secret-key" not in text and token.split(".")[-1] not in text
+    assert answer["token"] not in text and answer["token"].split(".")[-1] not in text

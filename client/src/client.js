@@ -103,6 +103,8 @@ export class AvatarClient extends EventTarget {
     this.stats = null;
     /** Server id of the current session (changes on reconnect). */
     this.sessionId = null;
+    /** The session's own token (auth on): its sockets and its DELETE; dies with the session. */
+    this.sessionToken = null;
     /** URL of the session's PCM push socket (TTS/agent audio), token included. */
     this.audioUrl = null;
     /** The avatar's video + synced audio; a new stream after each (re)connect. */
@@ -262,9 +264,10 @@ export class AvatarClient extends EventTarget {
       if (value != null) body[key] = value;
     }
     const answer = await this.signaling.createSession(body);
-    if (this.status === 'closed') this.signaling.deleteSession(answer.sessionId); // closed while it was created
+    if (this.status === 'closed') this.signaling.deleteSession(answer.sessionId, answer.token); // closed while it was created
     this.throwIfClosed();
     this.sessionId = answer.sessionId;
+    this.sessionToken = answer.token ?? null; // scoped to this session: its sockets and its DELETE
     const socketToken = answer.token ?? this.signaling.token;
     this.audioUrl = this.signaling.socketUrl(answer.audioUrl, socketToken);
     this.throwIfClosed();
@@ -412,10 +415,11 @@ export class AvatarClient extends EventTarget {
    */
   dropConnection() {
     clearTimeout(this.disconnectTimer);
-    const { pc, socket, sessionId, signaling } = this;
+    const { pc, socket, sessionId, sessionToken, signaling } = this;
     this.pc = null;
     this.socket = null;
     this.sessionId = null;
+    this.sessionToken = null;
     this.audioUrl = null;
     if (socket && socket.readyState <= 1) socket.close(1000, 'client closed');
     if (!pc) return Promise.resolve();
@@ -425,7 +429,7 @@ export class AvatarClient extends EventTarget {
     }
     const closePc = () => pc.connectionState !== 'closed' && pc.close();
     const timer = setTimeout(closePc, this.timeouts.deleteMs);
-    return signaling.deleteSession(sessionId).finally(() => {
+    return signaling.deleteSession(sessionId, sessionToken).finally(() => {
       clearTimeout(timer);
       closePc();
     });

@@ -77,9 +77,9 @@ export class Signaling {
   }
 
   /** DELETE /v1/sessions/{id}; best effort (keepalive so it survives page unload), never throws. */
-  async deleteSession(sessionId) {
+  async deleteSession(sessionId, token = null) {
     try {
-      await this.request('DELETE', `/v1/sessions/${encodeURIComponent(sessionId)}`, undefined, 'end session', { keepalive: true });
+      await this.request('DELETE', `/v1/sessions/${encodeURIComponent(sessionId)}`, undefined, 'end session', { keepalive: true }, token);
       return true;
     } catch {
       return false;
@@ -108,9 +108,10 @@ export class Signaling {
   }
 
   /** One HTTP call: JSON or FormData body, bearer token, timeout; non-2xx -> AvatarError. */
-  async request(method, path, body, what, extra = {}) {
+  async request(method, path, body, what, extra = {}, token = null) {
     const headers = {};
-    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    const credential = token || this.token;
+    if (credential) headers.Authorization = `Bearer ${credential}`;
     let payload;
     if (body instanceof FormData) {
       payload = body;
