@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from model.pipeline import DEFAULT_CHECKPOINT, AvatarPipeline
-from model.media import load_image
+from model.media import load_audio, load_image
 
 ROOT = Path(__file__).resolve().parent.parent
 AVATAR = ROOT / "avatar_server" / "assets" / "default_avatar.png"
@@ -42,3 +42,37 @@ def test_default_weights_load_and_render_frames() -> None:
     reference = np.asarray(image.resize((pipe.config.width, pipe.config.height))).astype(np.float32)
     colour_error = np.abs(frames.astype(np.float32).mean(axis=(0, 1, 2)) - reference.mean(axis=(0, 1)))
     assert colour_error.max() < 60  # the avatar's palette, not a random-init image
+
+
+HUMAN_VOICE = Path("/usr/share/sounds/alsa/Front_Center.wav")  # alsa-utils (scripts/setup.sh installs it)
+
+
+def test_default_avatar_opens_its_mouth_for_a_human_voice_and_shuts_it_in_silence() -> None:
+    """A recorded human voice, then silence: the predicted openness and the drawn mouth (pixel change in the
+    avatar's mouth box against the shut mouth) are open while it speaks and shut once it is silent."""
+    torch.set_num_threads(1)
+    pipe = AvatarPipeline.from_pretrained(DEFAULT_CHECKPOINT)
+    assert pipe.guided and pipe.motion is not None and pipe.locator is not None
+    voice = load_audio(HUMAN_VOICE, pipe.config.sample_rate)[: pipe.config.sample_rate]  # the first second
+    audio = np.concatenate([np.zeros(8000, np.float32), voice, np.zeros(pipe.config.sample_rate, np.float32)])
+    reference = pipe.encode_reference(load_image(AVATAR))
+    stream = pipe.open_stream(reference)
+    frames, opening = [], []
+    spf = pipe.config.samples_per_frame
+    padded = np.concatenate([audio, np.zeros(spf * 4, np.float32)])
+    for start in range(0, len(padded), spf):
+        stream.push_audio(padded[start:start + spf], voiced=bool(np.abs(padded[start:start + spf]).max() > 1e-3))
+    while stream.ready() and stream.frame_index < len(audio) // spf:
+        chunk = pipe.generate([stream])[0]
+        frames.append(chunk.frames)
+        opening.append(chunk.mouth_open)
+    stream.close()
+    frames, opening = np.concatenate(frames).astype(np.float32), np.concatenate(opening)
+    box = reference.mouth_bank.box  # the mouth (between the lips and below), in pixels of the output frame
+    height, width = frames.shape[1:3]
+    x0, x1 = int((box.x - box.width / 2) * width), int((box.x + box.width / 2) * width)
+    y0, y1 = int(box.y * height), int((box.y + 0.6 * box.width) * height)
+    change = np.abs(frames[:, y0:y1, x0:x1] - frames[-1, y0:y1, x0:x1]).mean(axis=(1, 2, 3))  # vs the shut mouth
+    speech, silence = slice(14, 41), slice(len(frames) - 15, len(frames))  # the two words; the last 0.6 s
+    assert np.percentile(opening[speech], 75) > 0.3 and np.median(opening[silence]) < 0.05
+    assert np.percentile(change[speech], 75) > 8.0 and np.median(change[silence]) < 2.0

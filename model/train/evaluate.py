@@ -211,10 +211,13 @@ def lip_figures(clip: HeldoutClip, generated: np.ndarray) -> dict[str, float]:
     silent = silent_mask(clip.speaking[:n])
     speaking = clip.speaking[:n]
     keep = silent | speaking
+    truth_measured = mouth_openness(clip.frames[:n], clip.boxes[:n])
     return {
         "lipsync_corr": _truth_corr(truth, measured),
         "metric_validity": lip_sync(clip, clip.frames[:n]),
         "silence_ratio": silence_ratio(measured[keep], speaking[keep]) if silent.any() else float("nan"),
+        # the same ratio on the ground-truth frames: what the frame measure reads for a mouth shut in silence
+        "silence_ratio_truth": silence_ratio(truth_measured[keep], speaking[keep]) if silent.any() else float("nan"),
         "open_speaking": float(np.median(measured[speaking])) if speaking.any() else float("nan"),
         "open_silent": float(np.median(measured[silent])) if silent.any() else float("nan"),
     }
@@ -306,7 +309,7 @@ def evaluate(checkpoint: Path, data: Path, settings: EvalSettings,
         logger.info("eval %s (%s): %s", clip.id, clip.framing,
                     ", ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)))
     summary = summarize(per_clip, ("lipsync_corr", "lipsync_corr_pose", "lipsync_vae_ceiling", "metric_validity",
-                                   "psnr", "ssim") + STREAM_KEYS)
+                                   "silence_ratio_truth", "psnr", "ssim") + STREAM_KEYS)
     result = {"checkpoint": str(checkpoint), "data": str(data), "split": settings.split, "clips": len(per_clip),
               "chunk_frames": chunk_frames, "steps": pipe.config.steps, "vad": make_activity is not None, **summary,
               "by_steps": {label: summarize(rows, STREAM_KEYS) for label, rows in per_steps.items()},
