@@ -1,7 +1,7 @@
 """One live avatar session: its peer connection, audio feed, engine slot, tracks and events.
 
-However a session ends (DELETE, peer failed/closed, events socket gone, duration limit, server
-shutdown) `close()` frees everything it holds: tasks, VAD model, engine slot (stream caches),
+However a session ends (DELETE, peer failed/closed, peer silent for `peer_timeout_s`, events socket
+gone while the peer is silent too, duration limit, server shutdown) `close()` frees everything it holds: tasks, VAD model, engine slot (stream caches),
 tracks and the peer connection.
 """
 
@@ -21,6 +21,7 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from avatar_server.audio import AudioHistory, Inbox, Resampler
 from avatar_server.engine import Engine, Slot, SlotCallbacks
+from avatar_server.liveness import REPORT_WAIT_S, PeerWatch
 from avatar_server.playout import FrameQueue, PlayoutClock
 from avatar_server.settings import ServerSettings
 from avatar_server.tracks import AvatarAudioTrack, AvatarVideoTrack, TrackCounters
@@ -70,6 +71,7 @@ class Session:
         self.connected = asyncio.Event()
         self.ended = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
+        self.watch = PeerWatch(pc, settings.sessions.peer_timeout_s)
         self.listeners: set[asyncio.Queue] = set()
         self._had_listener = False
         self._on_closed = on_closed
@@ -110,6 +112,7 @@ class Session:
         self.spawn(self._feed(), "feed")
         self.spawn(self._stats(), "stats")
         self.spawn(self._lifetime(), "lifetime")
+        self.spawn(self._liveness(), "liveness")
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task:
         """A task owned by this session (cancelled by close)."""
@@ -173,6 +176,14 @@ class Session:
         await asyncio.sleep(max(0.0, remaining))
         self.emit({"type": "error", "code": "duration_limit", "detail": "session reached its maximum duration"})
         self.spawn(self.close("duration_limit"), "close")
+
+    async def _liveness(self) -> None:
+        """Once connected, end the session when the peer stops sending receiver reports (a vanished client)."""
+        await self.connected.wait()
+        self.watch.started = time.time()
+        silence = await self.watch.wait_gone()
+        logger.info("session %s: no receiver report from the peer for %.1f s", self.id, silence)
+        self.spawn(self.close("peer_timeout"), "close")
 
     # ------------------------------------------------------------------ audio in
 
@@ -321,13 +332,21 @@ class Session:
         return queue
 
     def detach(self, queue: asyncio.Queue) -> None:
-        """An events socket went away; with none left, the session ends after the grace period."""
+        """An events socket went away; with none left and a silent peer, the session ends after the grace period."""
         self.listeners.discard(queue)
         if not self.listeners and self._had_listener and not self.closed:
-            self.spawn(self._grace(), "grace")
+            self.spawn(self._grace(time.time()), "grace")
 
-    async def _grace(self) -> None:
-        await asyncio.sleep(self.settings.sessions.reconnect_grace_s)
+    async def _grace(self, detached: float) -> None:
+        """A closed tab ends its session; a socket someone else opened and closed does not while the peer
+        still sends receiver reports after the socket went away."""
+        grace = self.settings.sessions.reconnect_grace_s
+        await asyncio.sleep(grace)
+        if self.listeners:
+            return
+        if self.connected.is_set() and await self.watch.heard_since(detached, max(0.0, REPORT_WAIT_S - grace)):
+            logger.info("session %s: events socket gone, its peer still reports: the session goes on", self.id)
+            return
         if not self.listeners:
             await self.close("events_disconnected")
 

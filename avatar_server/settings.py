@@ -91,7 +91,10 @@ class SessionSettings(_Section):
     retry_after_s: int = Field(default=10, gt=0)
     max_duration_s: float = Field(default=3600.0, gt=0)
     connect_timeout_s: float = Field(default=20.0, gt=0, description="ICE/DTLS must connect within this")
-    reconnect_grace_s: float = Field(default=10.0, ge=0, description="after the events socket drops")
+    reconnect_grace_s: float = Field(default=10.0, ge=0, description="after the events socket drops, the session "
+                                     "ends unless its peer is still sending receiver reports")
+    peer_timeout_s: float = Field(default=5.0, ge=2.0, description="no RTCP receiver report from a connected peer "
+                                  "for this long: it vanished, the session ends (ICE consent alone takes 30 s)")
     stats_interval_s: float = Field(default=1.0, gt=0)
 
 

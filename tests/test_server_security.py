@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 
 import httpx
@@ -18,6 +19,7 @@ from avatar_server.testing import fake_server
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
+LOG = logging.getLogger(__name__)
 KEY = "k-security"
 AUTH = {"api_keys": [KEY]}
 LONG_CONNECT = {"max_sessions": 3, "connect_timeout_s": 30}
@@ -147,3 +149,132 @@ def test_token_scope_is_signed() -> None:
     client, _ = auth.issue(now=1000.0)
     assert auth.token_grant(client.replace(".c.", ".s_0123456789abcdef.", 1), now=1000.0) is None
     assert auth.token_grant(token, now=2000.0) is None
+
+
+#################################################################################
+#         Item 11: an events socket opened by someone else cannot end it         #
+#################################################################################
+
+
+async def test_opening_and_closing_the_events_socket_does_not_end_a_live_session() -> None:
+    from avatar_server.peer import AvatarPeer  # noqa: PLC0415
+
+    sessions = {"max_sessions": 1, "reconnect_grace_s": 0.3}
+    async with fake_server(sessions=sessions) as (url, state), httpx.AsyncClient(base_url=url) as http:
+        owner = AvatarPeer(url, keep_images=False)           # a WHEP-like owner: no events socket of its own
+        assert (await owner.connect(http)).status_code == 201
+        await owner.wait_connected()
+        session_id = owner.session["session_id"]
+        events_url = url.replace("http", "ws") + owner.session["events_url"]
+        for _ in range(3):                                    # a stranger opens and closes it, repeatedly
+            async with ws_connect(events_url) as stranger:
+                assert json.loads(await stranger.recv())["type"] == "state"
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(4.0)                              # grace + the wait for a receiver report, and more
+        session = state.manager.sessions.get(session_id)
+        assert session is not None and not session.closed, session and session.close_reason
+        frames = len(owner.received.video)
+        await asyncio.sleep(0.5)
+        assert len(owner.received.video) > frames             # media still flows
+        assert (await http.delete(f"/v1/sessions/{session_id}")).status_code == 204
+        await owner.close()
+
+
+async def test_with_auth_only_the_owner_may_end_a_session() -> None:
+    from avatar_server.peer import AvatarPeer  # noqa: PLC0415
+
+    async with fake_server(auth=AUTH, sessions={"reconnect_grace_s": 0.3}) as (url, state), \
+            httpx.AsyncClient(base_url=url) as http:
+        client_token = (await http.post("/v1/tokens", headers=bearer(KEY))).json()["token"]
+        owner = AvatarPeer(url, keep_images=False, token=client_token)
+        assert (await owner.connect(http)).status_code == 201
+        await owner.wait_connected()
+        path = f"/v1/sessions/{owner.session['session_id']}"
+        other = await new_session(http)
+        for credential in (client_token, other["token"]):
+            assert_problem(await http.delete(path, headers=bearer(credential)), 403)
+            assert await refused_with(url.replace("http", "ws") + f"{path}/events?token={credential}") == 4403
+        assert len(state.manager) == 2
+        assert (await http.delete(path, headers=bearer(owner.session["token"]))).status_code == 204
+        await owner.close()
+
+
+#################################################################################
+#        Item 13: a vanished client frees its slot within 10 s                   #
+#################################################################################
+
+CLIENT_SCRIPT = """
+import asyncio, json, sys
+import aioice.ice, httpx
+from websockets.asyncio.client import connect
+from avatar_server.peer import AvatarPeer
+
+aioice.ice.get_host_addresses = lambda use_ipv4, use_ipv6: ["127.0.0.1"]
+
+async def main(url, with_events):
+    peer = AvatarPeer(url, keep_images=False)
+    async with httpx.AsyncClient() as http:
+        assert (await peer.connect(http)).status_code == 201
+    await peer.wait_connected()
+    events = await connect(url.replace("http", "ws") + peer.session["events_url"]) if with_events else None
+    while len(peer.received.video) < 10:
+        await asyncio.sleep(0.05)
+    print(json.dumps({"session_id": peer.session["session_id"]}), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1], sys.argv[2] == "events"))
+"""
+
+
+async def slot_freed_after(state, url: str, session_id: str, started: float, limit_s: float = 15.0) -> float:
+    """Seconds from `started` until the session is gone and /readyz takes new sessions again."""
+    async with httpx.AsyncClient(base_url=url) as http:
+        while time.monotonic() - started < limit_s:
+            if session_id not in state.manager.sessions and (await http.get("/readyz")).status_code == 200:
+                return time.monotonic() - started
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"slot still held {limit_s} s after the client vanished")
+
+
+@pytest.mark.parametrize("events", ["events", "no_events"])
+async def test_killed_client_process_frees_its_slot_within_10_s(events: str) -> None:
+    import os  # noqa: PLC0415
+    import signal  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    sessions = {"max_sessions": 1, "reconnect_grace_s": 10, "connect_timeout_s": 30}  # grace as in production
+    async with fake_server(sessions=sessions) as (url, state):
+        client = await asyncio.create_subprocess_exec(sys.executable, "-c", CLIENT_SCRIPT, url, events,
+                                                      stdout=asyncio.subprocess.PIPE)
+        try:
+            line = await asyncio.wait_for(client.stdout.readline(), 60)
+            session_id = json.loads(line)["session_id"]
+            session = state.manager.get(session_id)
+            assert session.state != "connecting" and bool(session.listeners) == (events == "events")
+            killed = time.monotonic()
+            os.kill(client.pid, signal.SIGKILL)
+        finally:
+            if client.returncode is None:
+                client.kill()
+            await client.wait()
+        seconds = await slot_freed_after(state, url, session_id, killed)
+        LOG.info("killed client (%s): slot free after %.2f s (%s)", events, seconds,
+                                            session.close_reason)
+        assert seconds < 10.0 and session.close_reason == "peer_timeout", (seconds, session.close_reason)
+
+
+async def test_client_that_drops_its_transport_without_bye_frees_its_slot_within_10_s() -> None:
+    from avatar_server.peer import AvatarPeer  # noqa: PLC0415
+
+    async with fake_server(sessions={"max_sessions": 1}) as (url, state), httpx.AsyncClient(base_url=url) as http:
+        peer = AvatarPeer(url, keep_images=False)
+        assert (await peer.connect(http)).status_code == 201
+        await peer.wait_connected()
+        await asyncio.sleep(1.0)
+        session = state.manager.get(peer.session["session_id"])
+        gone = time.monotonic()
+        await peer.vanish()                                    # no DTLS close, no RTCP BYE, no events socket
+        seconds = await slot_freed_after(state, url, session.id, gone)
+        assert seconds < 10.0 and session.close_reason == "peer_timeout", (seconds, session.close_reason)
+        LOG.info("vanished client: slot free after %.2f s", seconds)
+        await peer.close()
