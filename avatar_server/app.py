@@ -346,7 +346,7 @@ def _add_misc_routes(app: FastAPI, state: ServerState, key_only: Any) -> None:
     async def readyz() -> JSONResponse:
         """Ready to take a new session (model loaded, not draining, a slot free)."""
         manager = state.manager
-        body = {"status": "ready", "model": state.handle.source, "sessions": len(manager),
+        body = {"status": "ready", "model": state.handle.public_name, "sessions": len(manager),
                 "max_sessions": manager.max_sessions}
         if not (state.ready and state.engine.running) or manager.draining:
             return problem_response(503, "not ready", "not_ready")
@@ -356,9 +356,12 @@ def _add_misc_routes(app: FastAPI, state: ServerState, key_only: Any) -> None:
         return JSONResponse(body)
 
     @app.get("/metrics", tags=["probes"])
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        """Prometheus text; public unless auth.protect_metrics (then an API key, like POST /v1/tokens)."""
         from prometheus_client import CONTENT_TYPE_LATEST  # noqa: PLC0415
 
+        if state.settings.auth.protect_metrics:
+            key_only(request)
         text = state.metrics.render(list(state.manager.sessions.values()), state.engine,
                                     state.manager.max_sessions, state.handle.device)
         return Response(text, media_type=CONTENT_TYPE_LATEST)
@@ -368,7 +371,7 @@ def _add_misc_routes(app: FastAPI, state: ServerState, key_only: Any) -> None:
     def page(relative: str) -> Response:
         path = client / relative
         if not path.is_file():
-            return problem_response(404, f"{relative} is not installed in {client}", "not_installed")
+            return problem_response(404, f"{relative} is not installed on this server", "not_installed")
         return FileResponse(path, media_type="text/html")
 
     @app.get("/", include_in_schema=False)

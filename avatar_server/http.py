@@ -25,6 +25,7 @@ from avatar_server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
+QUIET_LOGGERS = ("sentence_transformers",)  # at INFO it draws a tqdm bar into the log at each text encode
 LOGGERS_TO_REDACT = ("uvicorn", "uvicorn.error", "uvicorn.access", "websockets", "websockets.server")
 REDACTED = "[redacted]"
 SECRET_QUERY = re.compile(r"(?i)([?&](?:token|access_token|api_key|apikey|key|secret|password)=)[^&\s\"']*")
@@ -229,4 +230,11 @@ def uvicorn_config(app: Any, settings: ServerSettings, **overrides: Any) -> Any:
         timeout_keep_alive=settings.http.keep_alive_timeout_s, timeout_graceful_shutdown=10)
     config = uvicorn.Config(app, **{**options, **overrides})  # configures logging: redaction goes on after it
     install_redaction(settings.auth.api_keys)
+    quiet_libraries()
     return config
+
+
+def quiet_libraries() -> None:
+    """Libraries that print progress bars when logging is at INFO log at WARNING and above only."""
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)

@@ -17,9 +17,15 @@ class PipelineHandle:
 
     pipe: Any
     make_options: Callable[..., Any]  # (text, seed, steps, guidance) -> StreamOptions
-    source: str                       # what was loaded, for logs and /readyz
+    source: str                       # what was loaded, for the log (may hold a filesystem path)
     device: str
     pose_keypoints: int = 0           # keypoints in a pose command; 0: the model takes no pose
+    name: str = ""                    # what was loaded without paths, for /readyz
+
+    @property
+    def public_name(self) -> str:
+        """The model's name for clients: never a filesystem path."""
+        return self.name or self.source
 
 
 def resolve_device(name: str) -> str:
@@ -51,8 +57,9 @@ def load_pipeline(settings: ServerSettings) -> PipelineHandle:
     logger.info("model: %s on %s (%dx%d @ %d fps, %d-frame chunks, %d steps)", source, device,
                 pipe.config.width, pipe.config.height, pipe.config.fps, pipe.config.chunk_frames, pipe.config.steps)
     pose_keypoints = NUM_KEYPOINTS if pipe.dit.config.pose_channels > 0 else 0
+    name = f"weights {weights.name}" if source.startswith("weights") else source
     return PipelineHandle(pipe=pipe, make_options=StreamOptions, source=source, device=device,
-                          pose_keypoints=pose_keypoints)
+                          pose_keypoints=pose_keypoints, name=name)
 
 
 def fake_pipeline(step_cost_s: float = 0.0, **config: Any) -> PipelineHandle:

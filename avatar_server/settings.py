@@ -87,7 +87,7 @@ class VADSettings(_Section):
 class SessionSettings(_Section):
     """Admission and lifetime of sessions."""
 
-    max_sessions: int = Field(default=2, ge=0, description="set from measured capacity (bench serve --find-capacity)")
+    max_sessions: int = Field(default=1, ge=0, description="set from measured capacity (bench serve --find-capacity)")
     retry_after_s: int = Field(default=10, gt=0)
     max_duration_s: float = Field(default=3600.0, gt=0)
     connect_timeout_s: float = Field(default=20.0, gt=0, description="ICE/DTLS must connect within this")
@@ -137,6 +137,7 @@ class AuthSettings(_Section):
     session_token_ttl_s: int | None = Field(default=None, gt=0, description="lifetime of a session's own token; "
                                             "None: the session's max_duration_s (it dies with the session anyway)")
     token_secret: str | None = Field(default=None, description="HMAC secret; random per process when unset")
+    protect_metrics: bool = Field(default=False, description="with api_keys set, /metrics needs an API key too")
 
 
 class IceServer(_Section):

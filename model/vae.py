@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderTiny
+from safetensors.torch import load_file
 from torch import nn
 
 from model.config import VAESection
@@ -14,6 +15,7 @@ from model.errors import InputError
 
 logger = logging.getLogger(__name__)
 
+SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes
 RANDOM_OUTPUT_STD = 0.25  # pixel spread ([0, 1] units) of a random-init decoder after spread_random_output
 
 
@@ -42,7 +44,11 @@ class FrameVAE(nn.Module):
         path = Path(path)
         if not (path / "config.json").is_file():
             raise InputError(f"no VAE checkpoint in {path} (config.json missing)")
-        autoencoder = AutoencoderTiny.from_pretrained(str(path), local_files_only=True)
+        config = AutoencoderTiny.load_config(str(path), local_files_only=True)
+        config.pop("block_out_channels", None)  # AutoencoderTiny writes it itself and warns when it reads it back
+        autoencoder = AutoencoderTiny.from_config(config)
+        autoencoder.load_state_dict(load_file(path / SAFETENSORS_NAME), strict=True)
+        autoencoder.register_to_config(_name_or_path=str(path))
         return cls(autoencoder).to(device).eval()
 
     def save_pretrained(self, path: str | Path) -> None:

@@ -278,3 +278,82 @@ async def test_client_that_drops_its_transport_without_bye_frees_its_slot_within
         assert seconds < 10.0 and session.close_reason == "peer_timeout", (seconds, session.close_reason)
         LOG.info("vanished client: slot free after %.2f s", seconds)
         await peer.close()
+
+
+#################################################################################
+#      Item 16: no paths in /readyz, /metrics key, quiet logs at start and use    #
+#################################################################################
+
+
+def test_readyz_names_the_model_without_its_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace  # noqa: PLC0415
+
+    import model.pipeline  # noqa: PLC0415
+    from avatar_server.runtime import load_pipeline  # noqa: PLC0415
+    from avatar_server.settings import ROOT, load_settings  # noqa: PLC0415
+
+    config = SimpleNamespace(width=128, height=128, fps=25, chunk_frames=2, steps=2)
+    fake = SimpleNamespace(config=config, dit=SimpleNamespace(config=SimpleNamespace(pose_channels=0)))
+    monkeypatch.setattr(model.pipeline.AvatarPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: fake))
+    settings = load_settings("configs/server/test.yaml", environ={}, model={"weights": "weights/tiny"})
+    handle = load_pipeline(settings)
+    assert str(ROOT) in handle.source                      # the log may say where the weights are
+    assert handle.public_name == "weights tiny" and "/" not in handle.public_name
+
+
+async def test_readyz_and_pages_show_no_filesystem_paths() -> None:
+    from avatar_server.settings import ROOT  # noqa: PLC0415
+
+    async with fake_server(client_dir="no-such-client-dir") as (url, state), httpx.AsyncClient(base_url=url) as http:
+        state.handle.source = f"weights {ROOT}/weights/tiny"  # as load_pipeline writes it
+        state.handle.name = "weights tiny"
+        ready = await http.get("/readyz")
+        assert ready.status_code == 200 and ready.json()["model"] == "weights tiny"
+        missing = await http.get("/")
+        for response in (ready, missing):
+            assert str(ROOT) not in response.text and "/work" not in response.text, response.text
+
+
+async def test_metrics_are_public_unless_protected() -> None:
+    async with fake_server(auth=AUTH) as (url, state), httpx.AsyncClient(base_url=url) as http:
+        assert (await http.get("/metrics")).status_code == 200
+    async with fake_server(auth={**AUTH, "protect_metrics": True}) as (url, state), \
+            httpx.AsyncClient(base_url=url) as http:
+        assert_problem(await http.get("/metrics"), 401)
+        client_token = (await http.post("/v1/tokens", headers=bearer(KEY))).json()["token"]
+        assert_problem(await http.get("/metrics", headers=bearer(client_token)), 401)
+        assert (await http.get("/metrics", headers=bearer(KEY))).status_code == 200
+
+
+def test_vae_loads_without_the_ignored_config_attributes_warning() -> None:
+    import torch  # noqa: PLC0415
+    from diffusers import AutoencoderTiny  # noqa: PLC0415
+    from diffusers.utils import logging as diffusers_logging  # noqa: PLC0415
+
+    from model.vae import FrameVAE  # noqa: PLC0415
+
+    records: list[str] = []
+
+    class Capture(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record.getMessage())
+
+    target = diffusers_logging.get_logger("diffusers")
+    handler = Capture(logging.WARNING)
+    target.addHandler(handler)
+    try:
+        vae = FrameVAE.from_pretrained("weights/tiny/vae")
+        assert not [r for r in records if "will be ignored" in r], records
+        reference = AutoencoderTiny.from_pretrained("weights/tiny/vae", local_files_only=True)
+        assert [r for r in records if "will be ignored" in r], "the check would not see the warning"
+    finally:
+        target.removeHandler(handler)
+    ours, theirs = vae.autoencoder.state_dict(), reference.state_dict()
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    assert not vae.training
+
+
+async def test_text_encoder_draws_no_progress_bar_in_the_server_log() -> None:
+    async with fake_server(log_level="info") as (url, state):
+        level = logging.getLogger("sentence_transformers.sentence_transformer.model").getEffectiveLevel()
+        assert level >= logging.WARNING  # sentence-transformers shows a tqdm bar per encode at INFO/DEBUG
