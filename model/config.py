@@ -125,6 +125,9 @@ class SamplerSection(_Section):
     context_t: float = Field(default=0.0, ge=0, lt=1, description="noise level of context frames")
     start_t: float = Field(default=1.0, gt=0, le=1, description="each chunk starts from the previous frame "
                            "noised to this level instead of pure noise (1 = pure noise)")
+    context_source: Literal["generated", "guide"] = Field(
+        default="generated", description="what enters the context window: the generated frames, or (guide models) "
+        "their guides, which cannot drift")
     min_steps: int = Field(default=1, gt=0, description="fewest steps the checkpoint's evaluation validated: "
                            "a server under load never steps below it")
     guidance_audio: float = Field(default=1.0, ge=0)

@@ -121,14 +121,17 @@ class StreamingSampler:
         return [(k[0], v[0]) for k, v in self.dit.encode_kv(context_latents[None], times, frame_local=True,
                                                              reference=reference_latents[:1])]
 
-    def _advance(self, state: StreamState, frames: torch.Tensor, with_cache: bool) -> None:
-        """Roll the context window by a finished chunk [F, C, h, w]; K/V only for entering frames."""
+    def _advance(self, state: StreamState, frames: torch.Tensor, with_cache: bool,
+                 context: torch.Tensor | None = None) -> None:
+        """Roll the context window by a finished chunk [F, C, h, w] (or by `context` [F, C, h, w], what the
+        context shows of it); K/V only for entering frames."""
         m = self.config.context_frames
         state.frame_index += frames.shape[0]
         state.last_frame = frames[-1]
         if m == 0:
             return
-        newest = frames[-m:] if state.mouth_cells is None else frames[-m:].masked_fill(state.mouth_cells, 0.0)
+        shown = frames if context is None else context
+        newest = shown[-m:] if state.mouth_cells is None else shown[-m:].masked_fill(state.mouth_cells, 0.0)
         entering = self._noise_context(newest, state.generator)
         n = entering.shape[0]
         state.context_latents = torch.cat([state.context_latents[n:], entering], dim=0)
@@ -267,8 +270,9 @@ class StreamingSampler:
                                   guide=None if guides is None else guides[index])[:, r + m:]
             out = self._guided(v_rows, rows, weights)
             x = euler_step(x, out, t, t_next) if guides is None else x0_step(x, guides + out, t, t_next)
-        for s, frames in zip(states, x):
-            self._advance(s, frames, with_cache=cached)
+        from_guide = guides is not None and cfg.context_source == "guide"
+        for i, (s, frames) in enumerate(zip(states, x)):
+            self._advance(s, frames, with_cache=cached, context=guides[i] if from_guide else None)
         return x
 
     @torch.inference_mode()

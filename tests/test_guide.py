@@ -150,3 +150,23 @@ def test_the_mouth_of_reference_and_context_is_hidden(pipe: AvatarPipeline) -> N
     assert state.reference_latents[:, :, 5:7, 2:6].eq(0).all() and state.reference_latents[:, :, :5].ne(0).any()
     assert state.context_latents[-2:, :, 5:7, 2:6].eq(0).all()
     assert not torch.equal(state.last_frame[:, 5:7, 2:6], torch.zeros_like(state.last_frame[:, 5:7, 2:6]))
+
+
+def test_context_from_guides_cannot_drift(pipe: AvatarPipeline) -> None:
+    """sampler.context_source 'guide': the context window holds the chunks' guides (mouth hidden), not the
+    generated frames, so what the model sees of the past never drifts."""
+    reference = pipe.encode_reference(reference_image(), mouth=BOX)
+    original = pipe.sampler.config
+    pipe.sampler.config = original.model_copy(update={"context_source": "guide"})
+    try:
+        stream = pipe.open_stream(reference)
+        stream.push_audio(speech_like(0.3))
+        conditions = stream.next_conditions()
+        generated = pipe.sampler.generate([stream.state], [conditions])[0]
+        f = pipe.config.chunk_frames
+        shown = stream.state.context_latents[-f:]
+        assert torch.allclose(shown, reference.mouth_bank.hide_mouth(conditions.guide), atol=1e-6)
+        assert not torch.allclose(shown, reference.mouth_bank.hide_mouth(generated), atol=1e-3)
+        assert torch.equal(stream.state.last_frame, generated[-1])
+    finally:
+        pipe.sampler.config = original

@@ -51,7 +51,7 @@ class RunConfig(_Strict):
     """Step budget, logging, checkpointing and the numeric switches."""
 
     output_dir: str
-    steps: int = Field(ge=1)
+    steps: int = Field(ge=0, description="step budget; 0 (DiT fine-tuning) exports the initial weights untrained")
     batch_size: int = Field(8, ge=1)
     seed: int = 0
     log_every: int = 10

@@ -59,8 +59,10 @@ def export_pipeline(dit: OmniHumanDiT, model_config: ModelConfig, export_dir: Pa
                           locator=_part(MouthLocator, config.locator, "locator"))
     pipe.save_pretrained(export_dir)
     vae_metrics = vae_dir / "metrics.json"
+    motion_metrics = Path(config.motion).parent / "metrics.json" if config.motion else None
     record = {"train_config": config.model_dump(mode="json"), **(info or {}),
-              "vae": json.loads(vae_metrics.read_text()) if vae_metrics.is_file() else None}
+              "vae": json.loads(vae_metrics.read_text()) if vae_metrics.is_file() else None,
+              "motion": json.loads(motion_metrics.read_text()) if motion_metrics and motion_metrics.is_file() else None}
     (export_dir / TRAINING_FILE).write_text(json.dumps(record, indent=2) + "\n")
     logger.info("exported pipeline to %s", export_dir)
     return export_dir
