@@ -325,6 +325,8 @@ def evaluate(checkpoint: Path, data: Path, settings: EvalSettings,
 def sweep(pipe: AvatarPipeline, clips: list[HeldoutClip], settings: EvalSettings,
           make_activity: Callable[[], VoiceActivity] | None) -> list[dict]:
     """Lip sync, silence and seams for every (steps, audio CFG scale) pair, on audio-only streams."""
+    if not clips:
+        return []
     base = Guidance.from_config(pipe.model_config.sampler)
     rows = []
     for steps in settings.sweep_steps:
