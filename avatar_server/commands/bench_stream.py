@@ -14,7 +14,7 @@ import torch
 
 from avatar_server.commands.render import load_pipeline
 from model.errors import InputError
-from model.pipeline import AvatarPipeline, LatentChunk, StreamOptions
+from model.pipeline import FALLBACK_MOUTH, AvatarPipeline, LatentChunk, StreamOptions
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +74,9 @@ def run_path(pipe: AvatarPipeline, sessions: int, chunks: int, steps: int | None
     t0 = time.perf_counter()
     streams = []
     for i in range(sessions):
-        reference = pipe.encode_reference(bench_image(cfg.height, cfg.width, seed + i))
+        # noise has no mouth to find: a guide model draws it at the fallback place (the cost is the same)
+        reference = pipe.encode_reference(bench_image(cfg.height, cfg.width, seed + i),
+                                          mouth=FALLBACK_MOUTH if pipe.guided else None)
         stream = pipe.open_stream(reference, StreamOptions(seed=seed + i, steps=steps))
         stream.push_audio(bench_audio(seconds, cfg.sample_rate, seed + i))
         streams.append(stream)
