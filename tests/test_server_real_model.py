@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
 
 from avatar_server.peer import AvatarPeer
 from avatar_server.runtime import load_pipeline
@@ -39,3 +42,22 @@ async def test_real_tiny_model_streams_generated_frames_over_webrtc() -> None:
     shapes = {img.shape for _, _, img in peer.received.video}
     assert shapes == {(handle.pipe.config.height, handle.pipe.config.width, 3)}
     assert state.engine.slot_count == 0
+
+
+async def test_an_upload_without_a_findable_mouth_is_refused_and_a_face_is_accepted() -> None:
+    """With the guide model, POST /v1/avatars locates the mouth: a flat picture is a 422 problem, the
+    default avatar's picture is stored (its mouth bank drawn once)."""
+    settings = load_settings(TEST_CONFIG, environ={}, model={"weights": "weights/tiny", "config": "tiny"})
+    handle = load_pipeline(settings)
+    buffer = io.BytesIO()
+    Image.new("RGB", (128, 128), (120, 160, 200)).save(buffer, format="PNG")
+    face = (Path(__file__).resolve().parent.parent / "avatar_server" / "assets" / "default_avatar.png").read_bytes()
+    async with fake_server(handle=handle) as (url, state):
+        async with httpx.AsyncClient() as http:
+            refused = await http.post(f"{url}/v1/avatars", files={"image": ("flat.png", buffer.getvalue(), "image/png")})
+            assert refused.status_code == 422 and refused.headers["content-type"].startswith("application/problem+json")
+            assert "mouth" in refused.json()["detail"]
+            stored = await http.post(f"{url}/v1/avatars", files={"image": ("face.png", face, "image/png")})
+            assert stored.status_code == 201, stored.text
+            avatar = state.avatars.get(stored.json()["id"])
+            assert avatar.reference.mouth_bank is not None
