@@ -23,6 +23,7 @@ from avatar_server.avatars import DEFAULT_AVATAR_ID, AvatarStore
 from avatar_server.engine import Engine
 from avatar_server.http import BodyLimit
 from avatar_server.metrics import Metrics
+from avatar_server.origins import PublicAssets, WriteGuard
 from avatar_server.problems import Problem, install_problem_handlers, problem_response
 from avatar_server.runtime import PipelineHandle
 from avatar_server.session import Session, SessionOptions
@@ -166,6 +167,7 @@ def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
     install_problem_handlers(app)
     app.add_middleware(BodyLimit, default=settings.limits.max_body_bytes, uploads=settings.limits.max_upload_bytes,
                        upload_path=f"/{API_VERSION}/avatars", timeout_s=settings.http.body_timeout_s)
+    app.add_middleware(WriteGuard, allowed_origins=settings.cors_origins)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
@@ -382,7 +384,8 @@ def _add_misc_routes(app: FastAPI, state: ServerState, key_only: Any) -> None:
     async def overlay() -> Response:
         return page("overlay/index.html")
 
-    app.mount("/client", StaticFiles(directory=client, check_dir=False), name="client")
+    # Any site may load the client's modules (the one-tag embedding); the API stays limited to cors_origins.
+    app.mount("/client", PublicAssets(StaticFiles(directory=client, check_dir=False)), name="client")
 
 
 #################################################################################
