@@ -15,6 +15,7 @@ export declare const ErrorCode: {
   readonly SERVER_ERROR: 'server_error';
   readonly CONNECTION_FAILED: 'connection_failed';
   readonly CONNECTION_LOST: 'connection_lost';
+  readonly EVENTS_LOST: 'events_lost';
   readonly RECONNECT_FAILED: 'reconnect_failed';
   readonly SESSION_ERROR: 'session_error';
   readonly INVALID_OPTIONS: 'invalid_options';
@@ -33,7 +34,7 @@ export interface AvatarErrorInfo {
   detail: string | null;
   /** The server's own code for session_error. */
   serverCode: string | null;
-  /** false for errors the session survives (connection_lost, session_error). */
+  /** false for errors the session survives (connection_lost, events_lost, session_error). */
   fatal: boolean;
 }
 
@@ -91,6 +92,8 @@ export interface ConnectedEvent {
   sessionId: string;
   outputStream: MediaStream;
   reconnected: boolean;
+  /** 'events' when only the events socket was reopened (same session, same outputStream). */
+  channel?: 'events';
 }
 
 export interface ReconnectingEvent {
@@ -100,6 +103,8 @@ export interface ReconnectingEvent {
   delayMs: number;
   /** Why the previous attempt (or the session) failed. */
   error: AvatarErrorInfo;
+  /** 'events' for an attempt to reopen only the events socket (the session goes on). */
+  channel?: 'events';
 }
 
 export interface ClosedEvent {

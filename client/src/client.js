@@ -30,6 +30,9 @@ export const DEFAULT_MICROPHONE = Object.freeze({
 
 const AUDIO_MODES = new Set(['microphone', 'none']);
 
+/** Close codes of the events socket that mean the session (or its token) is gone: a new session is needed. */
+const SESSION_GONE_CODES = new Set([4401, 4403, 4404]);
+
 //################################################################################
 //                                  Helpers
 //################################################################################
@@ -120,6 +123,14 @@ export class AvatarClient extends EventTarget {
     this.lifetime = null;
     this.disconnectTimer = null;
     this.ending = null;
+    /** The events socket failed and is being reopened (the session and its media go on). */
+    this.eventsDown = false;
+    this.eventsAttempt = 0;
+    this.eventsGaveUp = null;
+    this.eventsTimer = null;
+    this.eventsUrl = null;
+    this.textUnsent = false;
+    this.sessionLoop = false;
   }
 
   /** Create a client and connect it; resolves with the connected client. */
@@ -158,13 +169,17 @@ export class AvatarClient extends EventTarget {
       this.throwIfClosed();
       await this.establish();
       this.throwIfClosed();
+      if (this.eventsGaveUp) throw this.eventsGaveUp;
+      if (this.eventsDown && !this.reconnectPolicy) {
+        throw new AvatarError(ErrorCode.EVENTS_LOST, 'the events socket could not be opened (blocked, or a proxy without WebSocket upgrades?)');
+      }
     } catch (thrown) {
       const error = toAvatarError(thrown);
       if (this.status === 'closed') this.release(); // close() came first: free what the attempt still got
       else this.shutdown('error', error);
       throw error;
     }
-    this.setStatus('connected');
+    this.markConnected();
     this.emit('connected', { sessionId: this.sessionId, outputStream: this.outputStream, reconnected: false });
   }
 
@@ -181,18 +196,22 @@ export class AvatarClient extends EventTarget {
     if (video.srcObject === this.outputStream) video.srcObject = null;
   }
 
-  /** Barge-in: drop the audio the avatar has not spoken yet. Returns whether it was sent. */
+  /** Barge-in: drop the audio the avatar has not spoken yet. Returns whether it was sent (false while the
+   *  events socket is down: status 'reconnecting'). */
   interrupt() {
     return this.send({ type: 'interrupt' });
   }
 
-  /** Change the text condition (kept for reconnects). Returns whether it was sent. */
+  /** Change the text condition (kept for reconnects). Returns whether it was sent; unsent text goes out
+   *  when the events socket (or a new session) is back. */
   setText(text) {
     if (text != null && typeof text !== 'string') {
       throw new AvatarError(ErrorCode.INVALID_OPTIONS, 'setText(): text must be a string or null');
     }
     if (this.options) this.options.text = text ?? undefined;
-    return this.send({ type: 'set_text', text: text ?? null });
+    const sent = this.send({ type: 'set_text', text: text ?? null });
+    this.textUnsent = !sent && this.status !== 'closed' && this.status !== 'idle';
+    return sent;
   }
 
   /** Drive the body pose: [[x, y, visibility], ...] in image coords [0, 1], or null to release. */
@@ -268,6 +287,7 @@ export class AvatarClient extends EventTarget {
     this.throwIfClosed();
     this.sessionId = answer.sessionId;
     this.sessionToken = answer.token ?? null; // scoped to this session: its sockets and its DELETE
+    this.textUnsent = false; // the latest text went with the offer
     const socketToken = answer.token ?? this.signaling.token;
     this.audioUrl = this.signaling.socketUrl(answer.audioUrl, socketToken);
     this.throwIfClosed();
@@ -305,7 +325,7 @@ export class AvatarClient extends EventTarget {
 
   /** After connect: 'failed' is a loss at once; 'disconnected' is a loss after the grace period. */
   watchConnection(pc) {
-    if (pc !== this.pc || this.status !== 'connected') return;
+    if (pc !== this.pc || !this.live()) return;
     clearTimeout(this.disconnectTimer);
     if (pc.connectionState === 'failed') this.lost('WebRTC connection failed');
     else if (pc.connectionState === 'disconnected') {
@@ -315,16 +335,81 @@ export class AvatarClient extends EventTarget {
 
   /** Open the events socket of the session and route its messages. */
   openEvents(url) {
+    clearTimeout(this.eventsTimer);
+    this.eventsUrl = url;
     const socket = new this.env.WebSocket(url);
     this.socket = socket;
     this.pending = [];
-    socket.addEventListener('open', () => {
-      for (const message of this.pending.splice(0)) socket.send(message);
-    });
+    socket.addEventListener('open', () => socket === this.socket && this.eventsOpened(socket));
     socket.addEventListener('message', (event) => this.onMessage(event.data));
-    socket.addEventListener('close', () => {
-      if (socket === this.socket && this.status === 'connected') this.lost('events channel closed');
-    });
+    socket.addEventListener('close', (event) => socket === this.socket && this.eventsClosed(event));
+  }
+
+  /** The events socket is open: flush what waited, and end an outage (status back to 'connected'). */
+  eventsOpened(socket) {
+    for (const message of this.pending.splice(0)) socket.send(message);
+    this.eventsAttempt = 0;
+    if (!this.eventsDown) return;
+    this.eventsDown = false;
+    if (this.status === 'reconnecting' && !this.sessionLoop) this.setStatus('connected');
+    if (this.textUnsent) this.setText(this.options?.text ?? null);
+    if (this.status === 'connected') {
+      this.emit('connected', { sessionId: this.sessionId, outputStream: this.outputStream, reconnected: true, channel: 'events' });
+    }
+  }
+
+  /**
+   * The events socket closed without us: a gone session (4401/4403/4404) needs a new one; any other
+   * failure (blocked, refused, a proxy without upgrades, network) is reported and the socket reopened
+   * with backoff while the media goes on.
+   */
+  eventsClosed(event) {
+    const code = event?.code ?? 1006;
+    if (this.status === 'closed' || this.status === 'idle') return;
+    if (SESSION_GONE_CODES.has(code) && this.live()) {
+      this.lost(`events channel closed (${code})`);
+      return;
+    }
+    const error = new AvatarError(ErrorCode.EVENTS_LOST, `events channel closed (code ${code}); reopening it`, { fatal: false, detail: event?.reason || null });
+    if (!this.eventsDown) {
+      this.eventsDown = true;
+      if (this.status === 'connected') this.setStatus('reconnecting');
+      this.emit('error', error.toJSON());
+    }
+    this.retryEvents(error);
+  }
+
+  /** Reopen the events socket after a backoff delay; give up (closed, reconnect_failed) after maxAttempts. */
+  retryEvents(error) {
+    const policy = this.reconnectPolicy;
+    if (!policy) {
+      if (this.status !== 'connecting') this.shutdown('error', new AvatarError(ErrorCode.EVENTS_LOST, error.message.replace('; reopening it', '')));
+      return;
+    }
+    if (this.eventsAttempt >= policy.maxAttempts) {
+      const gaveUp = new AvatarError(ErrorCode.RECONNECT_FAILED, `could not reopen the events channel: ${error.message}`, { cause: error });
+      if (this.status === 'connecting') this.eventsGaveUp = gaveUp;
+      else this.shutdown('error', gaveUp);
+      return;
+    }
+    const delayMs = backoffDelay(this.eventsAttempt, policy, this.env.random);
+    this.eventsAttempt += 1;
+    this.emit('reconnecting', { attempt: this.eventsAttempt, delayMs, error: error.toJSON(), channel: 'events' });
+    const url = this.eventsUrl;
+    this.eventsTimer = setTimeout(() => this.eventsDown && this.live(true) && this.openEvents(url), delayMs);
+  }
+
+  /** A session is up (media may flow): connected, or reconnecting only its events socket; `connecting` counts
+   *  when `orConnecting`. */
+  live(orConnecting = false) {
+    if (this.status === 'connected') return true;
+    if (orConnecting && (this.status === 'connecting' || this.sessionLoop)) return true;
+    return this.status === 'reconnecting' && !this.sessionLoop;
+  }
+
+  /** 'connected' when the events socket works, else 'reconnecting' (its reopening is under way). */
+  markConnected() {
+    this.setStatus(this.eventsDown ? 'reconnecting' : 'connected');
   }
 
   /** Dispatch one server event. */
@@ -356,10 +441,10 @@ export class AvatarClient extends EventTarget {
     }
   }
 
-  /** Send a control message on the events socket (queued until it opens). */
+  /** Send a control message on the events socket (queued until it first opens); false while it is down. */
   send(message) {
     const socket = this.socket;
-    if (!socket || (this.status !== 'connected' && this.status !== 'connecting')) return false;
+    if (!socket || this.eventsDown || (this.status !== 'connected' && this.status !== 'connecting')) return false;
     const text = JSON.stringify(message);
     if (socket.readyState === 1) socket.send(text);
     else if (socket.readyState === 0) this.pending.push(text);
@@ -371,7 +456,7 @@ export class AvatarClient extends EventTarget {
 
   /** An established session dropped: reconnect with backoff (or close when reconnect is off). */
   async lost(reason) {
-    if (this.status !== 'connected') return;
+    if (!this.live()) return;
     const lostError = new AvatarError(ErrorCode.CONNECTION_LOST, `${reason}; reconnecting`, { fatal: false });
     if (!this.reconnectPolicy) {
       this.shutdown('error', new AvatarError(ErrorCode.CONNECTION_LOST, reason));
@@ -380,6 +465,16 @@ export class AvatarClient extends EventTarget {
     this.setStatus('reconnecting');
     this.emit('error', lostError.toJSON());
     this.dropConnection();
+    this.sessionLoop = true;
+    try {
+      await this.reconnectSession(lostError);
+    } finally {
+      this.sessionLoop = false;
+    }
+  }
+
+  /** The attempts of a session reconnect: a new session each, with backoff; closes when all fail. */
+  async reconnectSession(lostError) {
     let last = lostError;
     for (let attempt = 0; attempt < this.reconnectPolicy.maxAttempts; attempt += 1) {
       let delayMs = backoffDelay(attempt, this.reconnectPolicy, this.env.random);
@@ -388,7 +483,7 @@ export class AvatarClient extends EventTarget {
       if (!(await sleep(delayMs, this.lifetime.signal))) return;
       try {
         await this.establish();
-        this.setStatus('connected');
+        this.markConnected();
         this.emit('connected', { sessionId: this.sessionId, outputStream: this.outputStream, reconnected: true });
         return;
       } catch (thrown) {
@@ -415,6 +510,10 @@ export class AvatarClient extends EventTarget {
    */
   dropConnection() {
     clearTimeout(this.disconnectTimer);
+    clearTimeout(this.eventsTimer);
+    this.eventsDown = false;
+    this.eventsAttempt = 0;
+    this.eventsGaveUp = null;
     const { pc, socket, sessionId, sessionToken, signaling } = this;
     this.pc = null;
     this.socket = null;

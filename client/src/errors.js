@@ -26,6 +26,9 @@ export const ErrorCode = Object.freeze({
   CONNECTION_FAILED: 'connection_failed',
   /** An established session lost its connection; the client is reconnecting (not fatal). */
   CONNECTION_LOST: 'connection_lost',
+  /** The events socket failed or was blocked (close code in the message); it is reopened with backoff while
+   *  the media goes on (not fatal), and interrupt()/setText()/sendPose() return false meanwhile. */
+  EVENTS_LOST: 'events_lost',
   /** Every reconnect attempt failed; the client is closed. */
   RECONNECT_FAILED: 'reconnect_failed',
   /** The server reported an error on the events channel (`serverCode` holds its code). */

@@ -137,6 +137,8 @@ export class FakePeerConnection extends EventTarget {
 
 export class FakeWebSocket extends EventTarget {
   static instances = [];
+  /** How many of the next sockets fail to open (blocked / refused: error, then close 1006). */
+  static behaviour = { fail: 0 };
 
   constructor(url) {
     super();
@@ -144,8 +146,15 @@ export class FakeWebSocket extends EventTarget {
     this.readyState = 0;
     this.sent = [];
     FakeWebSocket.instances.push(this);
+    const fails = FakeWebSocket.behaviour.fail > 0;
+    if (fails) FakeWebSocket.behaviour.fail -= 1;
     setTimeout(() => {
       if (this.readyState !== 0) return;
+      if (fails) {
+        this.dispatchEvent(new Event('error'));
+        this.serverClose(1006);
+        return;
+      }
       this.readyState = 1;
       this.dispatchEvent(new Event('open'));
     }, 1);
@@ -166,10 +175,12 @@ export class FakeWebSocket extends EventTarget {
     this.dispatchEvent(event);
   }
 
-  /** The connection drops from the server side. */
-  serverClose() {
+  /** The connection drops from the server side (`code` as a CloseEvent carries it; none: like a bare drop). */
+  serverClose(code) {
     this.readyState = 3;
-    this.dispatchEvent(new Event('close'));
+    const event = new Event('close');
+    if (code !== undefined) event.code = code;
+    this.dispatchEvent(event);
   }
 }
 
@@ -231,6 +242,7 @@ export function fakeEnvironment({ deny = null } = {}) {
   FakePeerConnection.instances = [];
   FakePeerConnection.behaviour = { connect: true, gather: true };
   FakeWebSocket.instances = [];
+  FakeWebSocket.behaviour = { fail: 0 };
   const server = fakeServer();
   const mediaDevices = fakeMediaDevices({ deny });
   return {

@@ -40,11 +40,23 @@ describe('reconnect', () => {
     assert.equal(FakeWebSocket.instances[1].url, 'ws://avatars.example.test:8000/v1/sessions/s2/events');
   });
 
-  it('reconnects when the events socket drops', async () => {
+  it('reopens the events socket of the same session when it drops', async () => {
     const { client, events } = await connected();
     FakeWebSocket.instances[0].serverClose();
+    await until(() => client.status === 'connected' && FakeWebSocket.instances.length === 2);
+    assert.deepEqual(types(events), ['connected', 'error', 'reconnecting', 'connected']);
+    assert.equal(events[1][1].code, ErrorCode.EVENTS_LOST);
+    assert.equal(events[3][1].channel, 'events');
+    assert.equal(client.sessionId, 's1', 'the session goes on');
+    assert.equal(env.server.find('POST', '/v1/sessions').length, 1);
+  });
+
+  it('starts a new session when the events socket says the session is gone (4404)', async () => {
+    const { client, events } = await connected();
+    FakeWebSocket.instances[0].serverClose(4404);
     await until(() => client.sessionId === 's2' && client.status === 'connected');
     assert.deepEqual(types(events), ['connected', 'error', 'reconnecting', 'connected']);
+    assert.equal(events[1][1].code, ErrorCode.CONNECTION_LOST);
   });
 
   it("rides out a short 'disconnected' without reconnecting", async () => {
