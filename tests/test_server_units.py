@@ -142,6 +142,24 @@ def test_engine_batches_sessions_and_keeps_session_time_across_clear() -> None:
         engine.stop()
 
 
+def test_engine_never_steps_below_what_the_checkpoint_validated() -> None:
+    """pipeline.json's sampler.min_steps is a floor for the engine, whatever engine.min_steps says."""
+    from dataclasses import replace
+
+    pipe = FakePipeline()
+    pipe.config = replace(pipe.config, steps=4)
+    object.__setattr__(pipe.config, "min_steps", 3)  # a checkpoint validated down to 3 steps
+    engine = Engine(pipe, EngineSettings(min_steps=1, deadline_margin_ms=0), steps=4)
+    assert engine.min_steps == 3
+    engine.cost.update(batch=1, steps=4, seconds=1.2)  # far slower than real time at every step count
+    late = Collector(-0.5)
+    slot = make_slot(pipe, late, "late")
+    slot.stream = pipe.open_stream(slot.reference)
+    slot.next_time = 0.0
+    assert engine._plan([slot]) in (([], 4), ([slot], 3))  # frames held, or 3 steps: never 1 or 2
+    assert engine._plan([slot])[1] >= 3
+
+
 def test_engine_uses_fewer_steps_then_holds_frames_when_late() -> None:
     pipe = FakePipeline()
     engine = Engine(pipe, EngineSettings(min_steps=1, deadline_margin_ms=0), steps=4)
