@@ -1,0 +1,143 @@
+"""Stall test (issue 12, must show): a live session keeps its frame rate while another client sends the
+worst offers and the largest uploads the server accepts, in a loop, for 30 s."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import threading
+import time
+from collections import Counter
+
+import httpx
+import numpy as np
+import pytest
+from aiortc import RTCPeerConnection
+from PIL import Image
+
+from avatar_server.peer import AvatarPeer
+from avatar_server.testing import fake_server
+
+pytestmark = [pytest.mark.usefixtures("loopback_ice"), pytest.mark.slow]
+
+logger = logging.getLogger(__name__)
+
+ATTACK_S = 30.0
+MIN_FPS = 24.0
+MAX_GAP_S = 0.200
+# The shipped limits for uploads (configs/server/default.yaml), not the small ones of test.yaml.
+LIMITS = {"max_upload_bytes": 10_485_760, "max_image_pixels": 16_000_000}
+
+
+async def make_offer() -> str:
+    pc = RTCPeerConnection()
+    pc.addTransceiver("video", direction="recvonly")
+    pc.addTransceiver("audio", direction="recvonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    sdp = pc.localDescription.sdp
+    await pc.close()
+    return sdp
+
+
+def with_candidates(sdp: str, per_mid: int) -> str:
+    """The offer with `per_mid` extra host candidates after each a=mid line."""
+    out = []
+    for line in sdp.split("\r\n"):
+        out.append(line)
+        if line.startswith("a=mid:"):
+            out += [f"a=candidate:{i} 1 udp 2130706431 10.0.{i // 250}.{i % 250} {10000 + i} typ host"
+                    for i in range(per_mid)]
+    return "\r\n".join(out)
+
+
+def largest_image() -> bytes:
+    """4000 x 4000 (16 Mpixels, the pixel limit) with texture, so decoding does real work."""
+    rng = np.random.default_rng(12)
+    small = rng.integers(0, 255, (250, 250, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(small).resize((4000, 4000), Image.NEAREST).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def attack(url: str, requests: list[tuple[str, str, bytes, str]], stop: threading.Event, tally: Counter) -> None:
+    """POST each request in turn until `stop` (deleting what was created); counts answers by status."""
+    with httpx.Client(base_url=url, timeout=30) as http:
+        while not stop.is_set():
+            for name, path, body, content_type in requests:
+                response = http.post(path, content=body, headers={"content-type": content_type})
+                tally[f"{name} {response.status_code}"] += 1
+                if response.status_code == 201:
+                    http.delete(response.headers["location"])
+                if stop.is_set():
+                    return
+
+
+def gaps_and_fps(arrivals: list[float], start: float, end: float) -> tuple[float, float]:
+    """(frames per second, longest gap) of the frames that arrived in [start, end]."""
+    times = np.array([t for t in arrivals if start <= t <= end])
+    edges = np.concatenate([[start], times, [end]])
+    return (len(times) / (end - start), float(np.max(np.diff(edges))))
+
+
+def json_offer(sdp: str) -> bytes:
+    return json.dumps({"sdp": sdp}).encode()
+
+
+async def measure_under_attack(url: str, attacks: list[list[tuple[str, str, bytes, str]]],
+                               seconds: float) -> tuple[float, float, Counter]:
+    """(fps, longest gap, answers) of a live loopback session while each attack loops in its own thread."""
+    peer = AvatarPeer(url, keep_images=False)
+    async with httpx.AsyncClient() as http:
+        assert (await peer.connect(http)).status_code == 201
+    await peer.wait_connected()
+    await asyncio.sleep(1.5)                                                  # past the first frames
+    stop, tally = threading.Event(), Counter()
+    threads = [threading.Thread(target=attack, args=(url, requests, stop, tally)) for requests in attacks]
+    start = time.monotonic()
+    for thread in threads:
+        thread.start()
+    await asyncio.sleep(seconds)
+    end = time.monotonic()
+    stop.set()
+    await asyncio.to_thread(lambda: [t.join() for t in threads])
+    frames = [t for t, _, _ in peer.received.video]
+    await peer.close()
+    fps, longest = gaps_and_fps(frames, start, end)
+    logger.warning("%.1f fps received, longest gap %.0f ms over %.0f s; attack answers %s",
+                   fps, longest * 1000, end - start, dict(sorted(tally.items())))
+    return fps, longest, tally
+
+
+async def test_live_session_keeps_its_frame_rate_under_worst_offers_and_uploads() -> None:
+    """Over-cap offers (3,000 candidates; 2,500 lines) and 16-Mpixel uploads, back to back for 30 s."""
+    async with fake_server(limits=LIMITS) as (url, state):
+        limits = state.settings.limits
+        sdp = await make_offer()
+        candidates = with_candidates(sdp, 1500)                               # 3,000 candidates, ~180 KB
+        lines = sdp.replace("a=rtcp-mux\r\n", "a=rtcp-mux\r\n" + "a=x-filler\r\n" * 2500, 1)
+        assert len(candidates) < limits.max_body_bytes
+        offers = [("over-cap candidates", "/v1/sessions", json_offer(candidates), "application/json"),
+                  ("over-cap lines", "/v1/sessions", json_offer(lines), "application/json"),
+                  ("over-cap whep", "/v1/whep", candidates.encode(), "application/sdp")]
+        image = largest_image()
+        assert len(image) <= limits.max_upload_bytes
+        uploads = [("largest upload", "/v1/avatars", image, "image/png")]
+        fps, longest, tally = await measure_under_attack(url, [offers, uploads], ATTACK_S)
+    assert tally["over-cap candidates 400"] > 10 and tally["largest upload 201"] > 5, tally
+    assert not any(key.endswith(" 500") for key in tally), tally
+    assert fps >= MIN_FPS, f"{fps:.1f} fps received under attack"
+    assert longest <= MAX_GAP_S, f"longest gap {longest * 1000:.0f} ms under attack"
+
+
+@pytest.mark.xfail(reason="session churn stalls the loop: ~50-90 accepted offers/s (any candidate count, "
+                          "create + DELETE back to back) cut a live session to ~20 fps with ~400 ms gaps; "
+                          "not fixed yet (see the issue 12 note)", strict=False)
+async def test_live_session_keeps_its_frame_rate_under_accepted_offer_churn() -> None:
+    """Accepted offers at the candidate cap, created and deleted back to back for 8 s."""
+    async with fake_server(limits=LIMITS) as (url, state):
+        at_cap = with_candidates(await make_offer(), state.settings.limits.max_sdp_candidates // 2 - 2)
+        offers = [("at-cap offer", "/v1/sessions", json_offer(at_cap), "application/json")]
+        fps, longest, tally = await measure_under_attack(url, [offers], 8.0)
+    assert fps >= MIN_FPS and longest <= MAX_GAP_S, (fps, longest)
