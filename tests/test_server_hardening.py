@@ -247,6 +247,10 @@ def big_png(side: int) -> bytes:
     return buffer.getvalue()
 
 
+FALL_BACK_S = 10.0                # resident memory is back near idle within this after the uploads
+FALL_BACK_BYTES = 100 * 2**20    # "near idle": the 12 stored references and allocator slack
+
+
 async def test_concurrent_large_uploads_stay_within_memory_and_are_reduced() -> None:
     limits = {"max_upload_bytes": 10_000_000, "max_image_pixels": 16_000_000}
     data = big_png(4000)  # ~56 KB on the wire, 16 Mpixels decoded: the largest image the limits accept
@@ -270,9 +274,16 @@ async def test_concurrent_large_uploads_stay_within_memory_and_are_reduced() -> 
             sampler.join()
         assert [r.status_code for r in responses] == [201] * 12
         assert all(r.json()["width"] == 4000 for r in responses)  # the original size is reported
+        done = time.monotonic()
         after = process.memory_info().rss
+        while after - idle >= FALL_BACK_BYTES and time.monotonic() - done < FALL_BACK_S:
+            await asyncio.sleep(0.1)
+            after = process.memory_info().rss
+        fell_back_s = time.monotonic() - done
+    logging.getLogger(__name__).warning("12 uploads of 16 Mpixels: peak +%d MB over idle, +%d MB after %.1f s",
+                                        (peak - idle) >> 20, (after - idle) >> 20, fell_back_s)
     assert peak - idle < 300 * 2**20, f"peak +{(peak - idle) >> 20} MB"
-    assert after - idle < 100 * 2**20, f"+{(after - idle) >> 20} MB resident after the uploads"
+    assert after - idle < FALL_BACK_BYTES, f"+{(after - idle) >> 20} MB resident {FALL_BACK_S:.0f} s after the uploads"
 
 
 async def test_avatar_limit_holds_under_concurrent_uploads() -> None:
