@@ -165,9 +165,9 @@ def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
                   description="Real-time talking-body avatars over WebRTC. Errors are application/problem+json.")
     app.state.server = state
     install_problem_handlers(app)
+    app.add_middleware(WriteGuard, allowed_origins=settings.cors_origins)  # inside BodyLimit: limits and timeouts first
     app.add_middleware(BodyLimit, default=settings.limits.max_body_bytes, uploads=settings.limits.max_upload_bytes,
                        upload_path=f"/{API_VERSION}/avatars", timeout_s=settings.http.body_timeout_s)
-    app.add_middleware(WriteGuard, allowed_origins=settings.cors_origins)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_credentials=False,
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
