@@ -17,7 +17,6 @@ from typing import Any, AsyncIterator
 import httpx
 import psutil
 import pytest
-from aiortc import RTCPeerConnection
 from PIL import Image
 from websockets.asyncio.client import connect as ws_connect
 
@@ -27,6 +26,7 @@ from avatar_server.problems import Problem
 from avatar_server.settings import LimitSettings
 from avatar_server.testing import fake_server
 from model.data.keypoints import NUM_KEYPOINTS
+from server_helpers import offer_sdp, with_candidates
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
@@ -42,27 +42,6 @@ def assert_problem(response: httpx.Response, *statuses: int) -> dict:
     assert {"type", "title", "status", "detail"} <= set(body)
     assert not any(text in body["detail"] for text in INTERNAL_TEXT), body["detail"]
     return body
-
-
-async def make_offer() -> str:
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
-def with_candidates(sdp: str, count: int) -> str:
-    """The offer with `count` extra host candidates after each a=mid line."""
-    out = []
-    for line in sdp.split("\r\n"):
-        out.append(line)
-        if line.startswith("a=mid:"):
-            out += [f"a=candidate:{i} 1 udp 2130706431 10.0.{i // 250}.{i % 250} {10000 + i} typ host"
-                    for i in range(count)]
-    return "\r\n".join(out)
 
 
 def without(sdp: str, pattern: str) -> str:
@@ -122,7 +101,7 @@ def error_log() -> AsyncIterator[ErrorRecords]:
 
 async def test_offer_with_thousands_of_candidates_is_refused_without_stalling_the_loop() -> None:
     async with fake_server(sessions={"max_sessions": 1}) as (url, state), httpx.AsyncClient(base_url=url) as http:
-        sdp = await make_offer()
+        sdp = await offer_sdp()
         huge = with_candidates(sdp, 1500)  # 3,000 candidates, ~180 KB: under the body limit
         assert len(huge) < state.settings.limits.max_body_bytes
         async with LoopWatch() as watch:
@@ -164,7 +143,7 @@ MUTATIONS = {
 
 async def test_offers_missing_what_a_session_needs_get_400_and_hold_no_slot(error_log: ErrorRecords) -> None:
     async with fake_server(sessions={"max_sessions": 1}) as (url, state), httpx.AsyncClient(base_url=url) as http:
-        sdp = await make_offer()
+        sdp = await offer_sdp()
         for name, mutate in MUTATIONS.items():
             body = json.dumps({"sdp": mutate(sdp)}).encode()  # ensure_ascii: a lone surrogate travels escaped
             response = await http.post("/v1/sessions", content=body, headers={"content-type": "application/json"})
@@ -315,7 +294,7 @@ async def next_error(ws: Any) -> dict:
 
 async def test_unencodable_text_and_wrong_poses_are_bad_messages(error_log: ErrorRecords) -> None:
     async with fake_server() as (url, state), httpx.AsyncClient(base_url=url) as http:
-        sdp = await make_offer()
+        sdp = await offer_sdp()
         body = json.dumps({"sdp": sdp, "text": "\ud800"}).encode()
         refused = await http.post("/v1/sessions", content=body, headers={"content-type": "application/json"})
         assert "surrogate" in assert_problem(refused, 422)["detail"]
@@ -344,7 +323,7 @@ async def test_unencodable_text_and_wrong_poses_are_bad_messages(error_log: Erro
 async def test_deeply_nested_json_is_a_bad_message_on_both_sockets(error_log: ErrorRecords) -> None:
     nested = "[" * 100_000
     async with fake_server() as (url, state), httpx.AsyncClient(base_url=url) as http:
-        answer = (await http.post("/v1/sessions", json={"sdp": await make_offer()})).json()
+        answer = (await http.post("/v1/sessions", json={"sdp": await offer_sdp()})).json()
         base = url.replace("http", "ws") + f"/v1/sessions/{answer['session_id']}"
         async with ws_connect(base + "/events") as events:
             assert json.loads(await events.recv())["type"] == "state"
@@ -472,7 +451,7 @@ async def test_socket_and_http_urls_with_tokens_are_logged_redacted() -> None:
             async with httpx.AsyncClient(base_url=url) as http:
                 key = {"Authorization": "Bearer k-secret-key"}
                 token = (await http.post("/v1/tokens", headers=key)).json()["token"]
-                answer = (await http.post("/v1/sessions", json={"sdp": await make_offer()}, headers=key)).json()
+                answer = (await http.post("/v1/sessions", json={"sdp": await offer_sdp()}, headers=key)).json()
                 await http.get(f"/v1/avatars?token={token}")
                 ws_base = url.replace("http", "ws") + f"/v1/sessions/{answer['session_id']}/events"
                 for credential in (answer["token"], "k-secret-key"):  # a socket takes the key or its session's token

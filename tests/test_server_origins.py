@@ -6,11 +6,11 @@ import io
 
 import httpx
 import pytest
-from aiortc import RTCPeerConnection
 from PIL import Image
 
 from avatar_server.origins import WriteGuard, accepted_type, normalise_origin
 from avatar_server.testing import fake_server
+from server_helpers import offer_sdp
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
@@ -24,16 +24,6 @@ def png(side: int = 96) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (side, side), (150, 110, 90)).save(buffer, "PNG")
     return buffer.getvalue()
-
-
-async def make_offer() -> str:
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 def assert_problem(response: httpx.Response, status: int, code: str) -> None:
@@ -54,7 +44,7 @@ async def test_blind_cross_site_writes_store_nothing_in_open_mode() -> None:
     """Item 12: simple (preflight-free) POSTs from a foreign origin get 403 and create nothing."""
     async with fake_server() as (url, state), httpx.AsyncClient(base_url=url) as http:
         image, form_type = multipart(png())
-        sdp = await make_offer()
+        sdp = await offer_sdp()
         for content_type in ("text/plain", "application/x-www-form-urlencoded"):
             headers = {"origin": EVIL, "content-type": content_type}
             assert_problem(await http.post("/v1/avatars", content=png(), headers=headers), 403, "forbidden_origin")
@@ -77,7 +67,7 @@ async def test_blind_cross_site_writes_store_nothing_in_open_mode() -> None:
 async def test_form_like_bodies_are_415_even_without_an_origin() -> None:
     """Item 12: the routes that take JSON, SDP or an image refuse text and form bodies."""
     async with fake_server() as (url, state), httpx.AsyncClient(base_url=url) as http:
-        sdp = await make_offer()
+        sdp = await offer_sdp()
         for content_type in ("text/plain", "application/x-www-form-urlencoded", "text/plain; charset=utf-8"):
             headers = {"content-type": content_type}
             assert_problem(await http.post("/v1/avatars", content=png(), headers=headers), 415, "unsupported_media")
@@ -101,7 +91,7 @@ async def test_same_origin_configured_origins_and_tools_still_write() -> None:
             created = await http.post("/v1/avatars", content=body, headers=headers)
             assert created.status_code == 201, (headers, created.text)
             assert (await http.delete(created.headers["location"], headers={"origin": own})).status_code == 204
-        answer = await http.post("/v1/sessions", json={"sdp": await make_offer()},
+        answer = await http.post("/v1/sessions", json={"sdp": await offer_sdp()},
                                  headers={"origin": ALLOWED, "content-type": "application/json; charset=utf-8"})
         assert answer.status_code == 201, answer.text
         assert answer.headers["access-control-allow-origin"] == ALLOWED

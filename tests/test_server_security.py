@@ -13,9 +13,8 @@ import pytest
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
-from aiortc import RTCPeerConnection
-
 from avatar_server.testing import fake_server
+from server_helpers import offer_sdp
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
@@ -32,16 +31,6 @@ def assert_problem(response: httpx.Response, *statuses: int) -> dict:
     assert response.status_code in statuses, (response.status_code, response.text)
     assert response.headers["content-type"].startswith(PROBLEM)
     return response.json()
-
-
-async def make_offer() -> str:
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
 
 
 def bearer(credential: str) -> dict[str, str]:
@@ -63,7 +52,7 @@ async def refused_with(ws_url: str) -> int:
 
 
 async def new_session(http: httpx.AsyncClient, credential: str = KEY) -> dict:
-    response = await http.post("/v1/sessions", json={"sdp": await make_offer()}, headers=bearer(credential))
+    response = await http.post("/v1/sessions", json={"sdp": await offer_sdp()}, headers=bearer(credential))
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -82,7 +71,7 @@ async def test_session_token_works_only_for_its_own_session_and_cannot_create_an
         for method, path in (("GET", theirs), ("DELETE", theirs), ("POST", "/v1/tokens"), ("GET", "/v1/avatars"),
                              ("DELETE", "/v1/avatars/default"), ("GET", "/v1/ice-servers")):
             assert_problem(await http.request(method, path, headers=bearer(token)), 403)
-        assert_problem(await http.post("/v1/sessions", json={"sdp": await make_offer()}, headers=bearer(token)), 403)
+        assert_problem(await http.post("/v1/sessions", json={"sdp": await offer_sdp()}, headers=bearer(token)), 403)
         assert_problem(await http.post("/v1/avatars", content=b"\x89PNG", headers=bearer(token)), 403)
         assert await refused_with(f"{ws}{theirs}/events?token={token}") == 4403
         assert await refused_with(f"{ws}{theirs}/audio?token={token}") == 4403
@@ -108,7 +97,7 @@ async def test_session_token_dies_with_its_session_and_its_sockets_close() -> No
         assert_problem(await http.delete(own, headers=bearer(token)), 401)
         assert_problem(await http.get(theirs, headers=bearer(token)), 403)
         assert_problem(await http.delete(theirs, headers=bearer(token)), 403)
-        assert_problem(await http.post("/v1/sessions", json={"sdp": await make_offer()}, headers=bearer(token)), 403)
+        assert_problem(await http.post("/v1/sessions", json={"sdp": await offer_sdp()}, headers=bearer(token)), 403)
         assert await refused_with(f"{ws}{own}/events?token={token}") in (4401, 4404)
         assert await refused_with(f"{ws}{theirs}/events?token={token}") == 4403
         assert (await http.get(theirs, headers=bearer(KEY))).status_code == 200
@@ -131,7 +120,7 @@ async def test_sockets_close_with_4401_when_their_token_expires() -> None:
             assert json.loads(await keyed.recv())["type"] == "state"   # the API key's socket stays open
         assert (await http.get(own, headers=bearer(KEY))).status_code == 200  # the session lives on
         assert_problem(await http.get(own, headers=bearer(mine["token"])), 401)
-        assert_problem(await http.post("/v1/sessions", json={"sdp": await make_offer()},
+        assert_problem(await http.post("/v1/sessions", json={"sdp": await offer_sdp()},
                                        headers=bearer(client_token)), 401)
         assert await refused_with(f"{base}/events?token={mine['token']}") == 4401
 

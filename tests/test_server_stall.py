@@ -14,11 +14,11 @@ from collections import Counter
 import httpx
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection
 from PIL import Image
 
 from avatar_server.peer import AvatarPeer
 from avatar_server.testing import fake_server
+from server_helpers import offer_sdp, with_candidates
 
 pytestmark = [pytest.mark.usefixtures("loopback_ice"), pytest.mark.slow]
 
@@ -29,27 +29,6 @@ MIN_FPS = 24.0
 MAX_GAP_S = 0.200
 # The shipped limits for uploads (configs/server/default.yaml), not the small ones of test.yaml.
 LIMITS = {"max_upload_bytes": 10_485_760, "max_image_pixels": 16_000_000}
-
-
-async def make_offer() -> str:
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
-def with_candidates(sdp: str, per_mid: int) -> str:
-    """The offer with `per_mid` extra host candidates after each a=mid line."""
-    out = []
-    for line in sdp.split("\r\n"):
-        out.append(line)
-        if line.startswith("a=mid:"):
-            out += [f"a=candidate:{i} 1 udp 2130706431 10.0.{i // 250}.{i % 250} {10000 + i} typ host"
-                    for i in range(per_mid)]
-    return "\r\n".join(out)
 
 
 def largest_image() -> bytes:
@@ -114,7 +93,7 @@ async def test_live_session_keeps_its_frame_rate_under_worst_offers_and_uploads(
     """Over-cap offers (3,000 candidates; 2,500 lines) and 16-Mpixel uploads, back to back for 30 s."""
     async with fake_server(limits=LIMITS) as (url, state):
         limits = state.settings.limits
-        sdp = await make_offer()
+        sdp = await offer_sdp()
         candidates = with_candidates(sdp, 1500)                               # 3,000 candidates, ~180 KB
         lines = sdp.replace("a=rtcp-mux\r\n", "a=rtcp-mux\r\n" + "a=x-filler\r\n" * 2500, 1)
         assert len(candidates) < limits.max_body_bytes
@@ -137,7 +116,7 @@ async def test_live_session_keeps_its_frame_rate_under_worst_offers_and_uploads(
 async def test_live_session_keeps_its_frame_rate_under_accepted_offer_churn() -> None:
     """Accepted offers at the candidate cap, created and deleted back to back for 8 s."""
     async with fake_server(limits=LIMITS) as (url, state):
-        at_cap = with_candidates(await make_offer(), state.settings.limits.max_sdp_candidates // 2 - 2)
+        at_cap = with_candidates(await offer_sdp(), state.settings.limits.max_sdp_candidates // 2 - 2)
         offers = [("at-cap offer", "/v1/sessions", json_offer(at_cap), "application/json")]
         fps, longest, tally = await measure_under_attack(url, [offers], 8.0)
     assert fps >= MIN_FPS and longest <= MAX_GAP_S, (fps, longest)

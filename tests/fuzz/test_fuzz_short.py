@@ -19,12 +19,12 @@ from typing import Any, Callable
 
 import httpx
 import pytest
-from aiortc import RTCPeerConnection
 from PIL import Image
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from avatar_server.testing import fake_server
+from server_helpers import offer_sdp
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
@@ -126,16 +126,6 @@ def mutate_lines(rng: random.Random, text: str) -> str:
     return "\r\n".join(lines)
 
 
-async def real_offer() -> str:
-    pc = RTCPeerConnection()
-    pc.addTransceiver("video", direction="recvonly")
-    pc.addTransceiver("audio", direction="recvonly")
-    await pc.setLocalDescription(await pc.createOffer())
-    sdp = pc.localDescription.sdp
-    await pc.close()
-    return sdp
-
-
 def encoded(fmt: str, size: tuple[int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", size, (180, 120, 90)).save(buffer, format=fmt)
@@ -185,7 +175,7 @@ def nested(depth: int, rng: random.Random) -> str:
 async def test_fuzz_sdp_offers(error_lines: ErrorLines) -> None:
     rng, tally = random.Random(SEED), Tally("sdp")
     async with fake_server(**SERVER) as (url, state), httpx.AsyncClient(base_url=url, timeout=20) as http:
-        sdp = await real_offer()
+        sdp = await offer_sdp()
         for n in range(60 * SCALE):
             mutated = sdp
             for _ in range(rng.randint(1, 4)):
@@ -292,7 +282,7 @@ async def closed_with(url: str) -> int:
 async def test_fuzz_socket_frames(error_lines: ErrorLines) -> None:
     rng, tally = random.Random(SEED + 2), Tally("sockets")
     async with fake_server(**SERVER) as (url, state), httpx.AsyncClient(base_url=url) as http:
-        answer = (await http.post("/v1/sessions", json={"sdp": await real_offer()})).json()
+        answer = (await http.post("/v1/sessions", json={"sdp": await offer_sdp()})).json()
         base = url.replace("http", "ws") + f"/v1/sessions/{answer['session_id']}"
         messages = socket_messages(rng, state.settings.limits.max_ws_message_bytes)
         await fuzz_socket(base + "/events", tally, [(f"events {f}", m) for f, m in messages])
@@ -386,7 +376,7 @@ async def test_fuzz_http_bodies_and_headers(error_lines: ErrorLines) -> None:
     rng, tally = random.Random(SEED + 3), Tally("http")
     server = {**SERVER, "http": {"header_timeout_s": 1.0, "body_timeout_s": 1.0}}
     async with fake_server(**server) as (url, state), httpx.AsyncClient(base_url=url, timeout=20) as http:
-        sdp = await real_offer()
+        sdp = await offer_sdp()
         for n in range(80 * SCALE):
             if rng.random() < 0.75:   # mostly the routes that read bodies
                 method, path = rng.choice(WRITES)
