@@ -151,6 +151,7 @@ def noised_latents(latents: torch.Tensor, max_std: float, generator: torch.Gener
     return latents + (std * torch.randn(latents.shape, generator=generator)).to(latents)
 
 
+@torch.no_grad()
 def fit_latent_scaling(vae: FrameVAE, pool: FramePool) -> tuple[float, float]:
     """(shift, scale) that bring raw latents of the pool to zero mean and unit variance."""
     raw = torch.cat([vae.autoencoder.encode(frames.float() / 127.5 - 1.0).latents.flatten() for frames in pool.frames])
