@@ -34,6 +34,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "images" / "demo")
     parser.add_argument("--seconds", type=float, default=12.0, help="how long to watch after connecting")
     parser.add_argument("--every", type=float, default=0.4, help="seconds between screenshots")
+    parser.add_argument("--keep-shots", action="store_true", help="keep each screenshot, not only the contact sheet")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -55,6 +56,9 @@ def main() -> int:
         finally:
             stop_server(server)
     contact_sheet(shots, args.out / "contact-sheet.png")
+    if not args.keep_shots:
+        for shot in shots:
+            (args.out / shot.pop("file")).unlink()
     (args.out / "shots.json").write_text(json.dumps(shots, indent=1) + "\n")
     logger.info("%d screenshots in %s", len(shots), args.out)
     return 0
