@@ -43,7 +43,7 @@ from model.pipeline import FALLBACK_MOUTH, AvatarPipeline, ReferenceFeatures, St
 from model.train.frames import bucket_size, resize_frames
 from model.train.metrics import (
     MIN_SILENT_RUN, SILENT_EDGE, appearance_similarity, loudness_envelope, mouth_box, mouth_box_at, mouth_openness,
-    pearson, psnr, seam_ratio, silence_ratio, silent_mask, ssim, stillness, uint8_to_float, voice_figures,
+    pearson, psnr, seam_ratio, shut_reading, silence_ratio, silent_mask, ssim, stillness, uint8_to_float, voice_figures,
 )
 
 # MIN_SILENT_RUN, SILENT_EDGE and silent_mask moved to metrics; they stay importable from here
@@ -212,12 +212,13 @@ def lip_figures(clip: HeldoutClip, generated: np.ndarray) -> dict[str, float]:
     speaking = clip.speaking[:n]
     keep = silent | speaking
     truth_measured = mouth_openness(clip.frames[:n], clip.boxes[:n])
+    shut = shut_reading(truth_measured)  # the measure's zero for these boxes: the ground truth's shut mouth
     return {
         "lipsync_corr": _truth_corr(truth, measured),
         "metric_validity": lip_sync(clip, clip.frames[:n]),
-        "silence_ratio": silence_ratio(measured[keep], speaking[keep]) if silent.any() else float("nan"),
-        # the same ratio on the ground-truth frames: what the frame measure reads for a mouth shut in silence
-        "silence_ratio_truth": silence_ratio(truth_measured[keep], speaking[keep]) if silent.any() else float("nan"),
+        # both above the same zero, so a generated mouth that never shuts is not excused
+        "silence_ratio": silence_ratio(measured[keep], speaking[keep], shut) if silent.any() else float("nan"),
+        "silence_ratio_truth": silence_ratio(truth_measured[keep], speaking[keep], shut) if silent.any() else float("nan"),
         "open_speaking": float(np.median(measured[speaking])) if speaking.any() else float("nan"),
         "open_silent": float(np.median(measured[silent])) if silent.any() else float("nan"),
     }

@@ -120,19 +120,31 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
 
 
 OPENNESS_FLOOR = 0.01  # 1 % dark pixels: below this a mouth counts as closed
+SHUT_PERCENTILE = 5  # a stream's shut-mouth reading: the openness its most closed 5 % of frames stay under
 
 
-def silence_ratio(openness: np.ndarray, speaking: np.ndarray) -> float:
-    """Median openness in silent frames / median openness in speaking frames (lower is better).
+def shut_reading(openness: np.ndarray) -> float:
+    """What the frame measure reads for this stream's shut mouth: its SHUT_PERCENTILE-th percentile."""
+    return float(np.percentile(np.asarray(openness, dtype=np.float64), SHUT_PERCENTILE))
 
-    The speaking median is floored at OPENNESS_FLOOR, so a mouth that never opens reads as a ratio
-    near 1 when it is equally shut in silence, not as a division by zero.
+
+def silence_ratio(openness: np.ndarray, speaking: np.ndarray, base: float | None = None) -> float:
+    """How open the mouth is in silence relative to speech (lower is better), above a shut-mouth reading:
+    (median silent - base) / (median speaking - base). The dark-pixel measure reads closed lips as a
+    constant > 0; `base` is that reading, by default the stream's SHUT_PERCENTILE-th percentile (give the
+    ground truth's, `shut_reading(truth)`, to judge a generated stream by the same zero).
+
+    A mouth that opens no more while speaking than the floor OPENNESS_FLOOR reads as 1 (silence and
+    speech look alike), not as a division by zero or a perfect score.
     """
-    speaking = np.asarray(speaking, dtype=bool)
+    openness, speaking = np.asarray(openness, dtype=np.float64), np.asarray(speaking, dtype=bool)
     if speaking.all() or not speaking.any():
         return float("nan")
-    speak_median = float(np.median(openness[speaking]))
-    return float(max(np.median(openness[~speaking]), 0.0) / max(speak_median, OPENNESS_FLOOR))
+    base = shut_reading(openness) if base is None else base
+    speak = float(np.median(openness[speaking])) - base
+    if speak < OPENNESS_FLOOR:
+        return 1.0
+    return float(max(float(np.median(openness[~speaking])) - base, 0.0) / speak)
 
 
 #################################################################################
