@@ -52,11 +52,18 @@ class Avatar:
     created: float
     builtin: bool
     reference: Any          # pipe.encode_reference(image): ReferenceFeatures
-    idle: np.ndarray        # uint8 [H, W, 3]: the reference as cropped for the model (shown before the first chunk)
+    idle: np.ndarray        # uint8 [H, W, 3]: shown before the first chunk and faded to on barge-in: the model's
+                            # shut-mouth frame when it has one (no jump to the generated look), else the cropped reference
 
     def public(self) -> dict[str, Any]:
         return {"id": self.id, "name": self.name, "width": self.width, "height": self.height,
                 "created": self.created, "builtin": self.builtin}
+
+
+def idle_frame(reference: Any) -> np.ndarray:
+    """The avatar's idle image: the model's own shut-mouth frame (`still`), else the cropped reference."""
+    still = getattr(reference, "still", None)
+    return reference.image if still is None else still
 
 
 #################################################################################
@@ -188,7 +195,7 @@ class AvatarStore:
             return Avatar(
                 id=avatar_id or "av_" + secrets.token_hex(8), name=name or avatar_id or "avatar",
                 width=width, height=height, created=time.time(), builtin=builtin,
-                reference=reference, idle=np.asarray(reference.image, np.uint8),
+                reference=reference, idle=np.asarray(idle_frame(reference), np.uint8),
             )
         finally:
             release_memory()

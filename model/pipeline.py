@@ -94,6 +94,7 @@ class ReferenceFeatures:
     latents: torch.Tensor  # [R, C, h, w] on the pipeline's device
     image: np.ndarray  # uint8 [H, W, 3], the cropped reference
     mouth_bank: MouthBank | None = None  # guide models: the avatar at several mouth openings
+    still: np.ndarray | None = None  # guide models: uint8 [H, W, 3], the frame the model shows with the mouth shut
 
     @property
     def height(self) -> int:
@@ -345,16 +346,17 @@ class AvatarPipeline:
         width = width or self.config.width
         self.model_config.check_size(height, width)
         pixels = _crop_to(_as_pil(image), height, width)  # uint8 [H, W, 3]
-        bank = None
+        bank = still = None
         if self.guided:
             guide = self.model_config.guide
             bank = build_mouth_bank(pixels, mouth or self.locate_mouth(pixels), self.vae.encode, guide.openings,
                                     guide.cell_threshold).to(self.device, self.dit.dtype)
             latents = bank.latents[:1]  # opening 0 is the reference itself
+            still = self.vae.decode_uint8(latents).numpy()[0]
         else:
             latents = self.vae.encode(torch.from_numpy(pixels).permute(2, 0, 1)[None])  # [1, C, h, w]
         latents = latents.expand(self.config.reference_frames, *latents.shape[1:]).contiguous()  # [R, C, h, w]
-        return ReferenceFeatures(latents=latents, image=pixels, mouth_bank=bank)
+        return ReferenceFeatures(latents=latents, image=pixels, mouth_bank=bank, still=still)
 
     def locate_mouth(self, image: np.ndarray) -> MouthBox:
         """The closed mouth on a cropped reference uint8 [H, W, 3]: the checkpoint's locator (InputError when

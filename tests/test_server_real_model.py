@@ -46,7 +46,7 @@ async def test_real_tiny_model_streams_generated_frames_over_webrtc() -> None:
 
 async def test_an_upload_without_a_findable_mouth_is_refused_and_a_face_is_accepted() -> None:
     """With the guide model, POST /v1/avatars locates the mouth: a flat picture is a 422 problem, the
-    default avatar's picture is stored (its mouth bank drawn once)."""
+    default avatar's picture is stored (its mouth bank drawn once, its idle image the model's own)."""
     settings = load_settings(TEST_CONFIG, environ={}, model={"weights": "weights/tiny", "config": "tiny"})
     handle = load_pipeline(settings)
     buffer = io.BytesIO()
@@ -61,3 +61,4 @@ async def test_an_upload_without_a_findable_mouth_is_refused_and_a_face_is_accep
             assert stored.status_code == 201, stored.text
             avatar = state.avatars.get(stored.json()["id"])
             assert avatar.reference.mouth_bank is not None
+            assert np.array_equal(avatar.idle, avatar.reference.still)  # idle = the model's own shut-mouth frame
