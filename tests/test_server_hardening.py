@@ -32,6 +32,7 @@ pytestmark = pytest.mark.usefixtures("loopback_ice")
 
 PROBLEM = "application/problem+json"
 SEED = 12
+STALL_S = 0.5  # a loop stall the SDP checks must prevent (an unchecked 3,000-candidate offer took 1.2 s)
 INTERNAL_TEXT = ("NoneType", "StopIteration", "Traceback", "object has no attribute", "AssertionError")
 
 
@@ -109,7 +110,8 @@ async def test_offer_with_thousands_of_candidates_is_refused_without_stalling_th
             body = assert_problem(await http.post("/v1/sessions", json={"sdp": huge}), 400)
             elapsed = time.monotonic() - started
         assert re.search(r"\b30\d\d ICE candidates; the limit is 100\b", body["detail"]), body["detail"]
-        assert elapsed < 0.5 and watch.longest < 0.1, (elapsed, watch.longest)
+        # regression bounds (before the checks: 1.2 s for this offer; since: 4-18 ms), loose enough for a shared CI machine
+        assert elapsed < STALL_S and watch.longest < STALL_S, (elapsed, watch.longest)
         many_media = sdp + "".join(f"m=video 9 UDP/TLS/RTP/SAVPF 97\r\na=mid:x{i}\r\n" for i in range(10))
         assert "media sections" in assert_problem(await http.post("/v1/sessions", json={"sdp": many_media}),
                                                   400)["detail"]
@@ -119,7 +121,7 @@ async def test_offer_with_thousands_of_candidates_is_refused_without_stalling_th
         async with LoopWatch() as watch:
             created = await http.post("/v1/sessions", json={"sdp": at_cap})
         assert created.status_code == 201, created.text
-        assert watch.longest < 0.1, watch.longest
+        assert watch.longest < STALL_S, watch.longest
         assert (await http.delete(f"/v1/sessions/{created.json()['session_id']}")).status_code == 204
 
 

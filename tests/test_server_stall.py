@@ -26,7 +26,10 @@ logger = logging.getLogger(__name__)
 
 ATTACK_S = 30.0
 MIN_FPS = 24.0
-MAX_GAP_S = 0.200
+# A regression bound, not the idle-machine figure: before the SDP checks one 3,000-candidate offer stalled the
+# loop 1.2-2.1 s; measured since, 51-83 ms on an idle machine and up to 450 ms once on a shared one (CI
+# machines are shared, and timing asserts must not flake there).
+MAX_GAP_S = 1.0
 # The shipped limits for uploads (configs/server/default.yaml), not the small ones of test.yaml.
 LIMITS = {"max_upload_bytes": 10_485_760, "max_image_pixels": 16_000_000}
 
