@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from e2e_browser import Server, Tab, close_tab, free_port, open_tab
+import server_helpers  # tests/server_helpers.py
 
 pytestmark = pytest.mark.browser
 
@@ -63,19 +64,8 @@ def test_microphone_denied_then_page_still_works(denied_tab: Tab, server: Server
 
 def offer_sdp() -> str:
     """A real (aiortc) offer with recvonly video and audio, as a second client would send."""
-    from aiortc import RTCPeerConnection
-
-    async def make() -> str:
-        pc = RTCPeerConnection()
-        pc.addTransceiver("video", direction="recvonly")
-        pc.addTransceiver("audio", direction="recvonly")
-        await pc.setLocalDescription(await pc.createOffer())
-        sdp = pc.localDescription.sdp
-        await pc.close()
-        return sdp
-
     with concurrent.futures.ThreadPoolExecutor(1) as pool:  # Playwright's sync API owns this thread's loop
-        return pool.submit(asyncio.run, make()).result()
+        return pool.submit(asyncio.run, server_helpers.offer_sdp()).result()
 
 
 @pytest.fixture
