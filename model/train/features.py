@@ -20,13 +20,16 @@ def clip_heatmaps(xy: np.ndarray, visibility: np.ndarray, height: int, width: in
     return torch.as_tensor(render_heatmaps(xy, visibility, height, width)).float()
 
 
-def gated_windows(windows: torch.Tensor, voiced: torch.Tensor | None, silence: torch.Tensor, past: int) -> torch.Tensor:
-    """A clip's audio windows [T, W, K, A] with unvoiced frames' slots (voiced [T] bool) replaced by silence
-    features [K, A], as the server's VAD gates a live session."""
-    if voiced is None:
-        return windows
+def gated_windows(windows: torch.Tensor, voiced: torch.Tensor | None, silence: torch.Tensor, past: int,
+                  frames: torch.Tensor | None = None) -> torch.Tensor:
+    """A clip's audio windows [T, W, K, A] (only rows `frames` [F], when given) with the slots of unvoiced
+    frames (voiced [T] bool) replaced by silence features [K, A], as the server's VAD gates a live session."""
     t, w = windows.shape[:2]
-    source = torch.arange(t)[:, None] - past + torch.arange(w)[None]  # [T, W] frame of each slot
+    frames = torch.arange(t) if frames is None else frames
+    picked = windows[frames]
+    if voiced is None:
+        return picked
+    source = frames[:, None] - past + torch.arange(w)[None]  # [F, W] frame of each slot
     inside = (source >= 0) & (source < t)
     slot_voiced = torch.where(inside, voiced[source.clamp(0, t - 1)], torch.ones_like(inside))
-    return torch.where(slot_voiced[..., None, None], windows, silence.to(windows.dtype))
+    return torch.where(slot_voiced[..., None, None], picked, silence.to(picked.dtype))

@@ -25,6 +25,7 @@ from model.conditioning.heatmaps import HEATMAP_CHANNEL_NAMES
 from model.flow import add_noise, sample_timesteps
 from model.train.cache import CachedClip
 from model.train.config import SampleConfig, StageConfig
+from model.train.features import gated_windows
 
 
 @dataclass
@@ -119,14 +120,10 @@ class StreamingSampleBuilder:
         """Audio windows [F, W, K, A] of the chunk; sometimes unvoiced frames gated to silence (server VAD)."""
         if clip.audio is None:
             return torch.zeros(self.f, *self.audio_shape)
-        windows = clip.audio[chunk_index]
         gate = float(torch.rand((), generator=g)) < self.sample.vad_gate_prob
-        if clip.voiced is None or self.silence is None or not gate:
-            return windows
-        source = chunk_index[:, None] - self.past + torch.arange(windows.shape[1])[None]  # [F, W] frame of each slot
-        inside = (source >= 0) & (source < clip.frames)
-        voiced = torch.where(inside, clip.voiced[source.clamp(0, clip.frames - 1)], torch.ones_like(inside))
-        return torch.where(voiced[..., None, None], windows, self.silence.to(windows.dtype))
+        if self.silence is None or not gate:
+            return clip.audio[chunk_index]
+        return gated_windows(clip.audio, clip.voiced, self.silence, self.past, chunk_index)
 
     def _cell_weight(self, clip: CachedClip, chunk_index: torch.Tensor) -> torch.Tensor:
         """[F, 1, h, w]: 1, rising to mouth_loss_weight on the latent cells around the lips (3x3 grown)."""
