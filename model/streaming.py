@@ -41,11 +41,11 @@ class StreamState:
     last_frame: torch.Tensor  # [C, h, w]
     generator: torch.Generator
     seed: int
+    closed_guide: torch.Tensor  # [C, h, w] the unhidden reference: the guide of a chunk that brings none
     frame_index: int = 0
     reference_kv: list[KV] | None = field(default=None, repr=False)
     context_kv: list[KV] | None = field(default=None, repr=False)
     mouth_cells: torch.Tensor | None = None  # [h, w] bool
-    closed_guide: torch.Tensor | None = None  # [C, h, w]
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -206,8 +206,7 @@ class StreamingSampler:
                     raise ValueError(f"the guide covers {cond.guide.shape[0]} frames, the chunk has {f}")
                 out.append(cond.guide.to(self._device, self._dtype))
             else:
-                closed = state.closed_guide if state.closed_guide is not None else state.reference_latents[-1]
-                out.append(closed[None].expand(f, *closed.shape))
+                out.append(state.closed_guide[None].expand(f, *state.closed_guide.shape))
         return torch.stack(out)
 
     @staticmethod
