@@ -12,7 +12,7 @@ import struct
 import threading
 import time
 import zlib
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 import httpx
 import psutil
@@ -26,7 +26,7 @@ from avatar_server.problems import Problem
 from avatar_server.settings import LimitSettings
 from avatar_server.testing import fake_server
 from model.data.keypoints import NUM_KEYPOINTS
-from server_helpers import offer_sdp, with_candidates
+from server_helpers import ErrorRecords, error_records, offer_sdp, with_candidates
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
@@ -73,26 +73,10 @@ class LoopWatch:
         await asyncio.gather(self._task, return_exceptions=True)
 
 
-class ErrorRecords(logging.Handler):
-    """Collects ERROR records (a client mistake must not log one)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
-
-
 @pytest.fixture
-def error_log() -> AsyncIterator[ErrorRecords]:
-    handler = ErrorRecords()
-    loggers = [logging.getLogger(n) for n in ("", "uvicorn.error", "avatar_server", "aiortc")]
-    for target in loggers:
-        target.addHandler(handler)
-    yield handler
-    for target in loggers:
-        target.removeHandler(handler)
+def error_log() -> Iterator[ErrorRecords]:
+    with error_records() as handler:
+        yield handler
 
 
 #################################################################################
@@ -157,7 +141,7 @@ async def test_offers_missing_what_a_session_needs_get_400_and_hold_no_slot(erro
         await asyncio.sleep(0.3)  # a background aiortc failure would show up by now
         created = await http.post("/v1/sessions", json={"sdp": sdp})  # the only slot is free
         assert created.status_code == 201, created.text
-    assert not error_log.records, [r.getMessage() for r in error_log.records]
+    assert not error_log.records, error_log.messages()
 
 
 #################################################################################
@@ -219,7 +203,7 @@ async def test_broken_uploads_get_problem_bodies_and_keep_the_connection(error_l
             assert response.status_code in (201, 413, 415, 422), response.text
             connections.add(response.extensions["network_stream"].get_extra_info("client_addr"))
         assert len(connections) == 1  # one keep-alive connection served them all
-    assert not error_log.records, [r.getMessage() for r in error_log.records]
+    assert not error_log.records, error_log.messages()
 
 
 def big_png(side: int) -> bytes:
@@ -319,7 +303,7 @@ async def test_unencodable_text_and_wrong_poses_are_bad_messages(error_log: Erro
             assert (await next_error(events))["code"] == "unknown_command"
         await asyncio.sleep(0.2)
         assert (await http.get(f"/v1/sessions/{answer['session_id']}")).status_code == 200
-    assert not error_log.records, [r.getMessage() for r in error_log.records]
+    assert not error_log.records, error_log.messages()
 
 
 async def test_deeply_nested_json_is_a_bad_message_on_both_sockets(error_log: ErrorRecords) -> None:
@@ -340,7 +324,7 @@ async def test_deeply_nested_json_is_a_bad_message_on_both_sockets(error_log: Er
             assert event["code"] == "bad_message" and "nested" in event["detail"]
             await audio.send("{}")
             assert json.loads(await asyncio.wait_for(audio.recv(), 5))["code"] == "unknown_command"
-    assert not error_log.records, [r.getMessage() for r in error_log.records]
+    assert not error_log.records, error_log.messages()
 
 
 #################################################################################

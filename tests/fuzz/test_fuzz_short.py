@@ -15,7 +15,7 @@ import struct
 import time
 import zlib
 from collections import Counter
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import httpx
 import pytest
@@ -24,7 +24,7 @@ from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from avatar_server.testing import fake_server
-from server_helpers import offer_sdp
+from server_helpers import ErrorRecords, error_records, offer_sdp
 
 pytestmark = pytest.mark.usefixtures("loopback_ice")
 
@@ -64,27 +64,11 @@ class Tally:
         assert fives == 0
 
 
-class ErrorLines(logging.Handler):
-    """ERROR records from the server while fuzzing (a client mistake must not log one)."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.ERROR)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record.getMessage())
-
-
 @pytest.fixture
-def error_lines() -> Any:
-    handler = ErrorLines()
-    loggers = [logging.getLogger(n) for n in ("", "uvicorn.error", "avatar_server", "aiortc")]
-    for target in loggers:
-        target.addHandler(handler)
-    yield handler
-    for target in loggers:
-        target.removeHandler(handler)
-    assert not handler.records, handler.records[:5]
+def error_lines() -> Iterator[ErrorRecords]:
+    with error_records() as handler:
+        yield handler
+    assert not handler.records, handler.messages()[:5]
 
 
 #################################################################################
@@ -172,7 +156,7 @@ def nested(depth: int, rng: random.Random) -> str:
 #################################################################################
 
 
-async def test_fuzz_sdp_offers(error_lines: ErrorLines) -> None:
+async def test_fuzz_sdp_offers(error_lines: ErrorRecords) -> None:
     rng, tally = random.Random(SEED), Tally("sdp")
     async with fake_server(**SERVER) as (url, state), httpx.AsyncClient(base_url=url, timeout=20) as http:
         sdp = await offer_sdp()
@@ -193,7 +177,7 @@ async def test_fuzz_sdp_offers(error_lines: ErrorLines) -> None:
     tally.report()
 
 
-async def test_fuzz_images(error_lines: ErrorLines) -> None:
+async def test_fuzz_images(error_lines: ErrorRecords) -> None:
     rng, tally = random.Random(SEED + 1), Tally("images")
     bases = {fmt: encoded(fmt, (96, 80)) for fmt in ("PNG", "JPEG", "WEBP", "GIF", "BMP")}
     async with fake_server(**SERVER) as (url, state), httpx.AsyncClient(base_url=url, timeout=30) as http:
@@ -279,7 +263,7 @@ async def closed_with(url: str) -> int:
             return closed.rcvd.code if closed.rcvd else 1006
 
 
-async def test_fuzz_socket_frames(error_lines: ErrorLines) -> None:
+async def test_fuzz_socket_frames(error_lines: ErrorRecords) -> None:
     rng, tally = random.Random(SEED + 2), Tally("sockets")
     async with fake_server(**SERVER) as (url, state), httpx.AsyncClient(base_url=url) as http:
         answer = (await http.post("/v1/sessions", json={"sdp": await offer_sdp()})).json()
@@ -372,7 +356,7 @@ async def raw_exchange(url: str, request: bytes, timeout: float = 10.0) -> tuple
     return int(lines[0].split()[1]), kind
 
 
-async def test_fuzz_http_bodies_and_headers(error_lines: ErrorLines) -> None:
+async def test_fuzz_http_bodies_and_headers(error_lines: ErrorRecords) -> None:
     rng, tally = random.Random(SEED + 3), Tally("http")
     server = {**SERVER, "http": {"header_timeout_s": 1.0, "body_timeout_s": 1.0}}
     async with fake_server(**server) as (url, state), httpx.AsyncClient(base_url=url, timeout=20) as http:
