@@ -48,6 +48,15 @@ def load_image(path: str | Path) -> Image.Image:
     return rgb
 
 
+def cover_crop(image: Image.Image, height: int, width: int) -> np.ndarray:
+    """Resize so the image covers height x width, then center-crop -> uint8 [height, width, 3]."""
+    scale = max(height / image.height, width / image.width)
+    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    resized = image.resize(size, Image.Resampling.BICUBIC)
+    left, top = (size[0] - width) // 2, (size[1] - height) // 2
+    return np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.uint8).copy()
+
+
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:
     """Decode the first audio stream of any container as float32 mono at `sample_rate`; InputError if none."""
     path = _existing_file(path, "audio")

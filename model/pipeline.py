@@ -27,6 +27,7 @@ from model.data.keypoints import NUM_KEYPOINTS
 from model.dit import OmniHumanDiT
 from model.errors import InputError
 from model.flow import Guidance
+from model.media import cover_crop
 from model.guide import MouthBank, build_mouth_bank
 from model.streaming import ChunkConditions, StreamingSampler, StreamState
 from model.vae import FrameVAE
@@ -345,7 +346,7 @@ class AvatarPipeline:
         height = height or self.config.height
         width = width or self.config.width
         self.model_config.check_size(height, width)
-        pixels = _crop_to(_as_pil(image), height, width)  # uint8 [H, W, 3]
+        pixels = cover_crop(_as_pil(image), height, width)  # uint8 [H, W, 3]
         bank = still = None
         if self.guided:
             guide = self.model_config.guide
@@ -547,15 +548,6 @@ def _as_float_array(value: object, what: str) -> np.ndarray:
         return np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as error:
         raise InputError(f"{what} must be a regular array of numbers: {error}") from error
-
-
-def _crop_to(image: Image.Image, height: int, width: int) -> np.ndarray:
-    """Resize so the image covers height x width, then center-crop -> uint8 [height, width, 3]."""
-    scale = max(height / image.height, width / image.width)
-    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    resized = image.resize(size, Image.Resampling.BICUBIC)
-    left, top = (size[0] - width) // 2, (size[1] - height) // 2
-    return np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.uint8).copy()
 
 
 def _guidance(option: Guidance | Mapping[str, float] | None, config: ModelConfig) -> Guidance | None:

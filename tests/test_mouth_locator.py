@@ -69,10 +69,10 @@ def test_bad_input_is_input_error(locator: MouthLocator) -> None:
 
 def test_crop_matches_pipeline() -> None:
     """crop_square is the pipeline's reference crop (boxes are on the image the model sees)."""
-    from model.pipeline import _crop_to
+    from model.media import cover_crop
 
     image = Image.fromarray(np.random.default_rng(1).integers(0, 256, size=(90, 160, 3), dtype=np.uint8))
-    np.testing.assert_array_equal(crop_square(image, SIZE), _crop_to(image, SIZE, SIZE))
+    np.testing.assert_array_equal(crop_square(image, SIZE), cover_crop(image, SIZE, SIZE))
 
 
 def test_augmented_crops_move_the_box_with_the_pixels() -> None:

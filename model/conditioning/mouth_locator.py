@@ -15,6 +15,7 @@ from torch import nn
 
 from model.conditioning.mouth import MouthBox
 from model.errors import InputError
+from model.media import cover_crop
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def crop_square(image: np.ndarray | Image.Image, size: int) -> np.ndarray:
-    """Any RGB image -> uint8 [size, size, 3]: resize to cover, then center-crop (as model.pipeline._crop_to does)."""
+    """Any RGB image -> uint8 [size, size, 3]: resize to cover, then center-crop (the pipeline's reference crop)."""
     if isinstance(image, np.ndarray):
         array = image
         if array.ndim == 3 and array.shape[-1] == 1:
@@ -42,12 +43,7 @@ def crop_square(image: np.ndarray | Image.Image, size: int) -> np.ndarray:
         raise InputError(f"image must be a numpy array or a PIL image, got {type(image).__name__}")
     if image.width < 8 or image.height < 8:
         raise InputError(f"image is too small to hold a face ({image.width}x{image.height})")
-    image = image.convert("RGB")
-    scale = max(size / image.height, size / image.width)
-    resized_size = (max(size, round(image.width * scale)), max(size, round(image.height * scale)))
-    resized = image.resize(resized_size, Image.Resampling.BICUBIC)
-    left, top = (resized_size[0] - size) // 2, (resized_size[1] - size) // 2
-    return np.asarray(resized.crop((left, top, left + size, top + size)), dtype=np.uint8).copy()
+    return cover_crop(image.convert("RGB"), size, size)
 
 
 def to_pixels(images: np.ndarray | torch.Tensor) -> torch.Tensor:
