@@ -5,7 +5,8 @@ a mismatch rebuilds it. Each clip becomes cache_dir/clips/<id>.safetensors with
   latents [T, C, h, w] float32, audio [T, W, K, A] float32 (each frame's audio window, as the stream builds it) + voiced [T],
   pose [T, G, h, w] float16 (heatmaps at latent resolution, if keypoints), text [text_dim] float32,
   and with keypoints: mouth_open [T] float32 and the mouth guide of the clip's most closed-mouth frame
-  (guide_frame [1] int64, guide_bank [K, C, h, w] float32, guide_cells [h, w] uint8; model/guide.py).
+  (guide_frame [1] int64, guide_bank [K, C, h, w] float32, guide_cells [h, w] uint8, guide_box [3] float32:
+  the MouthBox x, y, width; model/guide.py).
 """
 
 from __future__ import annotations
