@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from avatar_server.cli import main
-from avatar_server.commands import render as render_command
+from omnilive_cli.main import main
+from omnilive_cli import render as render_command
 from model.data.keypoints import NUM_KEYPOINTS
 from model.pipeline import AvatarPipeline
 from pipeline_helpers import micro_config, reference_image, speech_like

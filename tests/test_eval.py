@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from avatar_server.cli import main
+from omnilive_cli.main import main
 from model.data import format as fmt
 from model.data import keypoints as kp
 from model.pipeline import AvatarPipeline

@@ -10,7 +10,7 @@ import av
 import numpy as np
 import pytest
 
-from avatar_server.cli import main
+from omnilive_cli.main import main
 from model.data import format as fmt
 from model.data import keypoints as kp
 from model.data.prep import PrepConfig, aspect_bucket, load_pose_extractor, prepare

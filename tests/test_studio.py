@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from avatar_server.cli import main
+from omnilive_cli.main import main
 from model.data import format as fmt
 from model.data import keypoints as kp
 from model.data.checks import mouth_envelope_correlation

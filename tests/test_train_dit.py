@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from avatar_server.cli import main
+from omnilive_cli.main import main
 from model.config import load_model_config
 from model.flow import timestep_schedule
 from model.train.cache import load_cache

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from avatar_server.cli import main
+from omnilive_cli.main import main
 from model.config import load_model_config
 from model.pipeline import AvatarPipeline
 from model.train.cache import load_cache

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from avatar_server.cli import main
+from omnilive_cli.main import main
 from model.vae import FrameVAE
 from test_train_toyset import make_toy_dataset
 

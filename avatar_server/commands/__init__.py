@@ -1,11 +1,4 @@
-"""Subcommands of `omnilive`; each module has `register(subparsers)` that sets `func(args) -> int`."""
+"""The server's subcommands of `omnilive` (`serve`, `bench serve`); the others live in omnilive_cli.
 
-COMMAND_MODULES: tuple[str, ...] = (
-    "train",
-    "eval",
-    "synth",
-    "prep",
-    "render",
-    "bench",
-    "serve",
-)
+Each module has `register(subparsers)` that sets `func(args) -> int`; omnilive_cli.main assembles them.
+"""

@@ -107,7 +107,7 @@ async def _server(args: argparse.Namespace, max_sessions: int) -> AsyncIterator[
             yield url, psutil.Process()
         return
     port = _free_port()
-    command = [sys.executable, "-m", "avatar_server.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    command = [sys.executable, "-m", "omnilive_cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
     for flag, value in (("--config", args.config), ("--weights", args.weights), ("--device", args.device)):
         if value is not None:
             command += [flag, value]

@@ -106,12 +106,12 @@ class Server:
 
 
 def serve_command(port: int) -> list[str]:
-    """The command line users run: `omnilive serve` (as `python -m avatar_server.cli`)."""
-    return [sys.executable, "-m", "avatar_server.cli", "serve", "--host", "0.0.0.0", "--port", str(port)]
+    """The command line users run: `omnilive serve` (as `python -m omnilive_cli`)."""
+    return [sys.executable, "-m", "omnilive_cli", "serve", "--host", "0.0.0.0", "--port", str(port)]
 
 
 def spawn_server(tmp: Path, name: str, settings: dict[str, str]) -> Server:
-    """Start `python -m avatar_server.cli serve` on a free port with OMNILIVE_* settings (not yet healthy)."""
+    """Start `python -m omnilive_cli serve` on a free port with OMNILIVE_* settings (not yet healthy)."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings}
     log = tmp / f"{name}.log"

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import torch
 
-from avatar_server.commands.render import load_pipeline
+from omnilive_cli.render import load_pipeline
 from model.errors import InputError
 from model.pipeline import FALLBACK_MOUTH, AvatarPipeline, LatentChunk, StreamOptions
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
@@ -13,10 +12,15 @@ import sys
 # Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from avatar_server.commands import COMMAND_MODULES
-from model.errors import InputError
+from avatar_server.commands import serve  # noqa: E402
+from model.errors import InputError  # noqa: E402
+from omnilive_cli import bench, prep, render, synth, train  # noqa: E402
+from omnilive_cli import eval as eval_command  # noqa: E402
 
 logger = logging.getLogger("omnilive")
+
+# Each module has `register(subparsers)`, which sets `func(args) -> int`; this order is the help's.
+COMMANDS = (train, eval_command, synth, prep, render, bench, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="omnilive", description="Real-time talking-body avatars.")
     parser.add_argument("--log-level", default="INFO", help="logging level (DEBUG, INFO, WARNING)")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(f"avatar_server.commands.{name}").register(subparsers)
+    for command in COMMANDS:
+        command.register(subparsers)
     return parser
 
 
@@ -42,6 +46,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
 
-
-if __name__ == "__main__":
-    sys.exit(main())
