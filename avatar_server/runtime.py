@@ -60,12 +60,3 @@ def load_pipeline(settings: ServerSettings) -> PipelineHandle:
     name = f"weights {weights.name}" if source.startswith("weights") else source
     return PipelineHandle(pipe=pipe, make_options=StreamOptions, source=source, device=device,
                           pose_keypoints=pose_keypoints, name=name)
-
-
-def fake_pipeline(step_cost_s: float = 0.0, **config: Any) -> PipelineHandle:
-    """The deterministic test generator (avatar_server.testing) behind the same handle."""
-    from avatar_server.testing import FakeConfig, FakePipeline, FakeStreamOptions  # noqa: PLC0415
-
-    pipe = FakePipeline(config=FakeConfig(**config), step_cost_s=step_cost_s)
-    return PipelineHandle(pipe=pipe, make_options=FakeStreamOptions, source="fake", device="cpu",
-                          pose_keypoints=pipe.config.pose_keypoints)

@@ -18,6 +18,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 from PIL import Image
 
+from avatar_server.runtime import PipelineHandle
 from model.data.keypoints import NUM_KEYPOINTS
 
 BARCODE_BITS = 16
@@ -217,6 +218,13 @@ class FakePipeline:
         return [stream.take_chunk() for stream in streams if stream.ready()]
 
 
+def fake_pipeline(step_cost_s: float = 0.0, **config: Any) -> PipelineHandle:
+    """The deterministic test generator behind the same handle as runtime.load_pipeline's."""
+    pipe = FakePipeline(config=FakeConfig(**config), step_cost_s=step_cost_s)
+    return PipelineHandle(pipe=pipe, make_options=FakeStreamOptions, source="fake", device="cpu",
+                          pose_keypoints=pipe.config.pose_keypoints)
+
+
 #################################################################################
 #                            In-process server runner                           #
 #################################################################################
@@ -258,7 +266,6 @@ TEST_CONFIG = "configs/server/test.yaml"
 async def fake_server(step_cost_s: float = 0.0, handle: Any = None, **overrides: Any) -> AsyncIterator[tuple[str, Any]]:
     """A server on the fake generator (or `handle`) with configs/server/test.yaml + overrides; yields (url, state)."""
     from avatar_server.app import create_app  # noqa: PLC0415
-    from avatar_server.runtime import fake_pipeline  # noqa: PLC0415
     from avatar_server.settings import load_settings  # noqa: PLC0415
 
     settings = load_settings(TEST_CONFIG, environ={}, **overrides)

@@ -96,9 +96,9 @@ async def _server(args: argparse.Namespace, max_sessions: int) -> AsyncIterator[
     """The server under test, admitting `max_sessions`; yields (base URL, its process)."""
     if args.in_process or args.generator == "fake":
         from avatar_server.app import create_app  # noqa: PLC0415
-        from avatar_server.runtime import fake_pipeline, load_pipeline  # noqa: PLC0415
+        from avatar_server.runtime import load_pipeline  # noqa: PLC0415
         from avatar_server.settings import load_settings  # noqa: PLC0415
-        from avatar_server.testing import running_server  # noqa: PLC0415
+        from avatar_server.testing import fake_pipeline, running_server  # noqa: PLC0415
 
         model = {k: v for k, v in (("weights", args.weights), ("device", args.device)) if v is not None}
         settings = load_settings(args.config, sessions={"max_sessions": max_sessions}, **({"model": model} if model else {}))
