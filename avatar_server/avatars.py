@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from avatar_server.problems import Problem
-from avatar_server.text import check_text
 from avatar_server.settings import LimitSettings
+from avatar_server.text import check_text
 
 logger = logging.getLogger(__name__)
 

@@ -222,7 +222,7 @@ def install_redaction(secrets: Iterable[str] = ()) -> None:
 
 def uvicorn_config(app: Any, settings: ServerSettings, **overrides: Any) -> Any:
     """uvicorn.Config for `omnilive serve` and the test servers: guarded protocol, timeouts, redacted logs."""
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
     options: dict[str, Any] = dict(
         host=settings.host, port=settings.port, loop="uvloop", http=protocol_class(settings),

@@ -6,8 +6,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import psutil
-from prometheus_client import (CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector,
-                               generate_latest)
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 
 if TYPE_CHECKING:
     from avatar_server.engine import Engine
@@ -90,7 +89,7 @@ def device_memory_bytes(device: Any) -> float:
     """Allocated CUDA memory on a GPU device; the process RSS on CPU."""
     name = str(device)
     if name.startswith("cuda"):
-        import torch  # noqa: PLC0415
+        import torch
 
         return float(torch.cuda.memory_allocated(torch.device(name)))
     return float(psutil.Process().memory_info().rss)

@@ -32,15 +32,15 @@ def resolve_device(name: str) -> str:
     """'auto' -> 'cuda' when a GPU is visible, else 'cpu'."""
     if name != "auto":
         return name
-    import torch  # noqa: PLC0415
+    import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def load_pipeline(settings: ServerSettings) -> PipelineHandle:
     """The configured checkpoint; a random-init model of `model.config` when it is missing (loudly)."""
-    from model.data.keypoints import NUM_KEYPOINTS  # noqa: PLC0415
-    from model.pipeline import AvatarPipeline, StreamOptions  # noqa: PLC0415
+    from model.data.keypoints import NUM_KEYPOINTS
+    from model.pipeline import AvatarPipeline, StreamOptions
 
     model: ModelSettings = settings.model
     device = resolve_device(model.device)

@@ -87,7 +87,7 @@ def parse_offer(sdp: str, limits: LimitSettings) -> SessionDescription:
     check_size(sdp, limits)
     try:
         parsed = SessionDescription.parse(sdp)
-    except Exception as error:  # aiortc's parser raises whatever the malformed line triggers
+    except Exception as error:  # noqa: BLE001 - aiortc's parser raises whatever the malformed line triggers
         logger.debug("SDP parse failed: %r", error)
         raise _bad("not valid SDP") from None
     mids: set[str] = set()

@@ -237,9 +237,9 @@ async def running_server(app: Any, host: str = "127.0.0.1") -> AsyncIterator[str
     The app's own settings (app.state.server.settings) shape uvicorn as `omnilive serve` does; log level
     warning unless those settings ask for more.
     """
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
-    from avatar_server.http import uvicorn_config  # noqa: PLC0415
+    from avatar_server.http import uvicorn_config
 
     settings = app.state.server.settings
     level = settings.log_level if settings.log_level in ("debug", "info") else "warning"
@@ -265,8 +265,8 @@ TEST_CONFIG = "configs/server/test.yaml"
 @contextlib.asynccontextmanager
 async def fake_server(step_cost_s: float = 0.0, handle: Any = None, **overrides: Any) -> AsyncIterator[tuple[str, Any]]:
     """A server on the fake generator (or `handle`) with configs/server/test.yaml + overrides; yields (url, state)."""
-    from avatar_server.app import create_app  # noqa: PLC0415
-    from avatar_server.settings import load_settings  # noqa: PLC0415
+    from avatar_server.app import create_app
+    from avatar_server.settings import load_settings
 
     settings = load_settings(TEST_CONFIG, environ={}, **overrides)
     app = create_app(settings, handle or fake_pipeline(step_cost_s))

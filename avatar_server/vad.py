@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from avatar_server.settings import VADSettings
-from model.pipeline import SpeechGate
+from model.conditioning.vad import SpeechGate
 
 logger = logging.getLogger(__name__)
 

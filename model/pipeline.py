@@ -8,7 +8,7 @@ import math
 import shutil
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,14 +21,14 @@ from model.conditioning.motion import MouthMotion
 from model.conditioning.mouth import MouthBox
 from model.conditioning.mouth_locator import MouthLocator
 from model.conditioning.text import TextEncoder
-from model.conditioning.vad import SpeechGate, voiced_frames  # SpeechGate: the server's VAD, via the pipeline
+from model.conditioning.vad import voiced_frames
 from model.config import ModelConfig, load_model_config
 from model.data.keypoints import NUM_KEYPOINTS
 from model.dit import OmniHumanDiT
 from model.errors import InputError
 from model.flow import Guidance
-from model.media import cover_crop
 from model.guide import MouthBank, build_mouth_bank
+from model.media import cover_crop
 from model.streaming import ChunkConditions, StreamingSampler, StreamState
 from model.vae import FrameVAE
 

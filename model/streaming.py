@@ -9,8 +9,16 @@ import torch
 
 from model.config import ModelConfig, SamplerSection
 from model.dit import KV, OmniHumanDiT
-from model.flow import (Branch, Guidance, add_noise, branch_weights, combine_branches, euler_step, timestep_schedule,
-                        x0_step)
+from model.flow import (
+    Branch,
+    Guidance,
+    add_noise,
+    branch_weights,
+    combine_branches,
+    euler_step,
+    timestep_schedule,
+    x0_step,
+)
 
 
 @dataclass

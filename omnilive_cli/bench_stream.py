@@ -12,9 +12,9 @@ import time
 import numpy as np
 import torch
 
-from omnilive_cli.render import load_pipeline
 from model.errors import InputError
 from model.pipeline import FALLBACK_MOUTH, AvatarPipeline, LatentChunk, StreamOptions
+from omnilive_cli.render import load_pipeline
 
 logger = logging.getLogger(__name__)
 

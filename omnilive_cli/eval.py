@@ -11,7 +11,13 @@ from pathlib import Path
 from model.errors import InputError
 from model.media import check_writable
 from model.train.evaluate import (
-    DEFAULT_REFERENCE, DEFAULT_STEPS, FRAMING_ORDER, HUMAN_VOICE_DIR, EvalSettings, evaluate, human_voice_recordings,
+    DEFAULT_REFERENCE,
+    DEFAULT_STEPS,
+    FRAMING_ORDER,
+    HUMAN_VOICE_DIR,
+    EvalSettings,
+    evaluate,
+    human_voice_recordings,
 )
 
 logger = logging.getLogger(__name__)

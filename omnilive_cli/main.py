@@ -12,10 +12,10 @@ import sys
 # Must be set before torch is imported.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from avatar_server.commands import serve  # noqa: E402
-from model.errors import InputError  # noqa: E402
-from omnilive_cli import bench, prep, render, synth, train  # noqa: E402
-from omnilive_cli import eval as eval_command  # noqa: E402
+from avatar_server.commands import serve
+from model.errors import InputError
+from omnilive_cli import bench, prep, render, synth, train
+from omnilive_cli import eval as eval_command
 
 logger = logging.getLogger("omnilive")
 

@@ -7,9 +7,15 @@ import math
 import pytest
 import torch
 
+from model.conditioning.audio import (
+    AudioFeatureBuffer,
+    LocalAudioEncoder,
+    LogMel,
+    StreamingLogMel,
+    clip_audio_windows,
+    silence_features,
+)
 from model.config import ModelConfig, load_model_config
-from model.conditioning.audio import (AudioFeatureBuffer, LocalAudioEncoder, LogMel, StreamingLogMel,
-                                      clip_audio_windows, silence_features)
 from model.errors import InputError
 
 CFG = load_model_config("tiny")

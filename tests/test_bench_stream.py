@@ -2,8 +2,8 @@
 
 import json
 
-from omnilive_cli.main import main
 from omnilive_cli import bench_stream
+from omnilive_cli.main import main
 from pipeline_helpers import write_micro_yaml
 
 FIELDS = {

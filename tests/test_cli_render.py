@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from omnilive_cli.main import main
-from omnilive_cli import render as render_command
 from model.data.keypoints import NUM_KEYPOINTS
 from model.pipeline import AvatarPipeline
+from omnilive_cli import render as render_command
+from omnilive_cli.main import main
 from pipeline_helpers import micro_config, reference_image, speech_like
 
 SR = 16000

@@ -11,15 +11,24 @@ import numpy as np
 import pytest
 import torch
 
-from omnilive_cli.main import main
 from model.data import format as fmt
 from model.data import keypoints as kp
 from model.pipeline import AvatarPipeline
 from model.train.evaluate import HeldoutClip, frame_pauses, join_recordings, stream_figures
 from model.train.metrics import (
-    appearance_similarity, loudness_envelope, mouth_box, mouth_box_at, mouth_openness, pearson, seam_ratio, silence_ratio,
-    silent_mask, stillness, voice_figures,
+    appearance_similarity,
+    loudness_envelope,
+    mouth_box,
+    mouth_box_at,
+    mouth_openness,
+    pearson,
+    seam_ratio,
+    silence_ratio,
+    silent_mask,
+    stillness,
+    voice_figures,
 )
+from omnilive_cli.main import main
 from test_train_toyset import make_toy_dataset
 
 SMALL_MODEL = """

@@ -5,8 +5,19 @@ from __future__ import annotations
 import pytest
 import torch
 
-from model.flow import (Branch, Guidance, add_noise, branch_weights, combine_branches, euler_step, flow_loss,
-                        sample_timesteps, shift_time, timestep_schedule, velocity_target)
+from model.flow import (
+    Branch,
+    Guidance,
+    add_noise,
+    branch_weights,
+    combine_branches,
+    euler_step,
+    flow_loss,
+    sample_timesteps,
+    shift_time,
+    timestep_schedule,
+    velocity_target,
+)
 
 
 def test_noising_endpoints_and_zero_loss_for_true_velocity() -> None:

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from test_train_toyset import make_toy_dataset
 
 from model.conditioning.mouth import MouthBox
 from model.conditioning.mouth_locator import MouthLocator, crop_square
@@ -17,6 +16,7 @@ from model.errors import InputError
 from model.train.config import LocatorAugmentConfig, LocatorTrainConfig, load_train_config
 from model.train.distributed import DistContext
 from model.train.locator_trainer import LocatorPool, sample_batch, train_locator
+from test_train_toyset import make_toy_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "weights" / "tiny" / "locator"

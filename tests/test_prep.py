@@ -10,12 +10,12 @@ import av
 import numpy as np
 import pytest
 
-from omnilive_cli.main import main
 from model.data import format as fmt
 from model.data import keypoints as kp
 from model.data.prep import PrepConfig, aspect_bucket, load_pose_extractor, prepare
 from model.data.studio.speech import resample
 from model.errors import InputError
+from omnilive_cli.main import main
 
 HUMAN_SPEECH = Path("/usr/share/sounds/alsa/Front_Center.wav")   # Debian alsa-utils, a real voice
 

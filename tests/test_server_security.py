@@ -146,7 +146,7 @@ def test_token_scope_is_signed() -> None:
 
 
 async def test_opening_and_closing_the_events_socket_does_not_end_a_live_session() -> None:
-    from avatar_server.peer import AvatarPeer  # noqa: PLC0415
+    from avatar_server.peer import AvatarPeer
 
     sessions = {"max_sessions": 1, "reconnect_grace_s": 0.3}
     async with fake_server(sessions=sessions) as (url, state), httpx.AsyncClient(base_url=url) as http:
@@ -170,7 +170,7 @@ async def test_opening_and_closing_the_events_socket_does_not_end_a_live_session
 
 
 async def test_with_auth_only_the_owner_may_end_a_session() -> None:
-    from avatar_server.peer import AvatarPeer  # noqa: PLC0415
+    from avatar_server.peer import AvatarPeer
 
     async with fake_server(auth=AUTH, sessions={"reconnect_grace_s": 0.3}) as (url, state), \
             httpx.AsyncClient(base_url=url) as http:
@@ -227,9 +227,9 @@ async def slot_freed_after(state, url: str, session_id: str, started: float, lim
 
 @pytest.mark.parametrize("events", ["events", "no_events"])
 async def test_killed_client_process_frees_its_slot_within_10_s(events: str) -> None:
-    import os  # noqa: PLC0415
-    import signal  # noqa: PLC0415
-    import sys  # noqa: PLC0415
+    import os
+    import signal
+    import sys
 
     sessions = {"max_sessions": 1, "reconnect_grace_s": 10, "connect_timeout_s": 30}  # grace as in production
     async with fake_server(sessions=sessions) as (url, state):
@@ -253,7 +253,7 @@ async def test_killed_client_process_frees_its_slot_within_10_s(events: str) -> 
 
 
 async def test_client_that_drops_its_transport_without_bye_frees_its_slot_within_10_s() -> None:
-    from avatar_server.peer import AvatarPeer  # noqa: PLC0415
+    from avatar_server.peer import AvatarPeer
 
     async with fake_server(sessions={"max_sessions": 1}) as (url, state), httpx.AsyncClient(base_url=url) as http:
         peer = AvatarPeer(url, keep_images=False)
@@ -275,11 +275,11 @@ async def test_client_that_drops_its_transport_without_bye_frees_its_slot_within
 
 
 def test_readyz_names_the_model_without_its_path(monkeypatch: pytest.MonkeyPatch) -> None:
-    from types import SimpleNamespace  # noqa: PLC0415
+    from types import SimpleNamespace
 
-    import model.pipeline  # noqa: PLC0415
-    from avatar_server.runtime import load_pipeline  # noqa: PLC0415
-    from avatar_server.settings import ROOT, load_settings  # noqa: PLC0415
+    import model.pipeline
+    from avatar_server.runtime import load_pipeline
+    from avatar_server.settings import ROOT, load_settings
 
     config = SimpleNamespace(width=128, height=128, fps=25, chunk_frames=2, steps=2)
     fake = SimpleNamespace(config=config, dit=SimpleNamespace(config=SimpleNamespace(pose_channels=0)))
@@ -291,7 +291,7 @@ def test_readyz_names_the_model_without_its_path(monkeypatch: pytest.MonkeyPatch
 
 
 async def test_readyz_and_pages_show_no_filesystem_paths() -> None:
-    from avatar_server.settings import ROOT  # noqa: PLC0415
+    from avatar_server.settings import ROOT
 
     async with fake_server(client_dir="no-such-client-dir") as (url, state), httpx.AsyncClient(base_url=url) as http:
         state.handle.source = f"weights {ROOT}/weights/tiny"  # as load_pipeline writes it
@@ -315,11 +315,11 @@ async def test_metrics_are_public_unless_protected() -> None:
 
 
 def test_vae_loads_without_the_ignored_config_attributes_warning() -> None:
-    import torch  # noqa: PLC0415
-    from diffusers import AutoencoderTiny  # noqa: PLC0415
-    from diffusers.utils import logging as diffusers_logging  # noqa: PLC0415
+    import torch
+    from diffusers import AutoencoderTiny
+    from diffusers.utils import logging as diffusers_logging
 
-    from model.vae import FrameVAE  # noqa: PLC0415
+    from model.vae import FrameVAE
 
     records: list[str] = []
 

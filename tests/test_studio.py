@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from omnilive_cli.main import main
 from model.data import format as fmt
 from model.data import keypoints as kp
 from model.data.checks import mouth_envelope_correlation
@@ -22,6 +21,7 @@ from model.data.studio.motion import frame_rms, motion_from_audio
 from model.data.studio.render import ClipJob, render_clip, synthesize
 from model.data.studio.rig import Rig
 from model.data.studio.speech import resample
+from omnilive_cli.main import main
 
 # short clips at a small size keep the whole file fast
 SMALL = StudioConfig(short_side=96, min_seconds=1.6, max_seconds=2.4, mostly_silent_probability=0.0,

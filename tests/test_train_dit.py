@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from omnilive_cli.main import main
 from model.config import load_model_config
 from model.flow import timestep_schedule
 from model.train.cache import load_cache
 from model.train.config import load_train_config
-from model.train.trainer import make_builder
 from model.train.schedule import step_generator
+from model.train.trainer import make_builder
 from model.vae import FrameVAE
+from omnilive_cli.main import main
 from test_train_toyset import make_toy_dataset
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train" / "tiny.yaml"

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from omnilive_cli.main import main
 from model.config import load_model_config
 from model.pipeline import AvatarPipeline
 from model.train.cache import load_cache
@@ -18,6 +17,7 @@ from model.train.config import load_train_config
 from model.train.schedule import step_generator
 from model.train.trainer import load_motion, make_builder
 from model.vae import FrameVAE
+from omnilive_cli.main import main
 from test_train_toyset import make_toy_dataset
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "train"

@@ -10,8 +10,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from omnilive_cli.main import main
 from model.vae import FrameVAE
+from omnilive_cli.main import main
 from test_train_toyset import make_toy_dataset
 
 CONFIG = Path(__file__).resolve().parent.parent / "configs" / "train" / "vae-tiny.yaml"

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from model.pipeline import DEFAULT_CHECKPOINT, AvatarPipeline
 from model.media import load_audio, load_image
+from model.pipeline import DEFAULT_CHECKPOINT, AvatarPipeline
 
 ROOT = Path(__file__).resolve().parent.parent
 AVATAR = ROOT / "avatar_server" / "assets" / "default_avatar.png"

@@ -70,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _load_mic(path: str | None) -> np.ndarray:
     """The WAV as float32 16 kHz mono; a speech-like tone pattern when no file is given or installed."""
-    from model.media import load_audio  # noqa: PLC0415
+    from model.media import load_audio
 
     if path is not None:
         return load_audio(path, MIC_RATE)
@@ -95,10 +95,10 @@ def _free_port() -> int:
 async def _server(args: argparse.Namespace, max_sessions: int) -> AsyncIterator[tuple[str, psutil.Process]]:
     """The server under test, admitting `max_sessions`; yields (base URL, its process)."""
     if args.in_process or args.generator == "fake":
-        from avatar_server.app import create_app  # noqa: PLC0415
-        from avatar_server.runtime import load_pipeline  # noqa: PLC0415
-        from avatar_server.settings import load_settings  # noqa: PLC0415
-        from avatar_server.testing import fake_pipeline, running_server  # noqa: PLC0415
+        from avatar_server.app import create_app
+        from avatar_server.runtime import load_pipeline
+        from avatar_server.settings import load_settings
+        from avatar_server.testing import fake_pipeline, running_server
 
         model = {k: v for k, v in (("weights", args.weights), ("device", args.device)) if v is not None}
         settings = load_settings(args.config, sessions={"max_sessions": max_sessions}, **({"model": model} if model else {}))
@@ -127,7 +127,7 @@ async def _server(args: argparse.Namespace, max_sessions: int) -> AsyncIterator[
 
 
 async def _wait_ready(url: str, process: subprocess.Popen, log: Any) -> None:
-    import httpx  # noqa: PLC0415
+    import httpx
 
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     async with httpx.AsyncClient() as http:
@@ -150,9 +150,9 @@ async def _wait_ready(url: str, process: subprocess.Popen, log: Any) -> None:
 async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float, warmup: float,
                  mic: np.ndarray) -> dict[str, Any]:
     """One run with `sessions` clients; per-session and overall figures."""
-    import httpx  # noqa: PLC0415
+    import httpx
 
-    from avatar_server.peer import AvatarPeer  # noqa: PLC0415
+    from avatar_server.peer import AvatarPeer
 
     peers = [AvatarPeer(url, mic=mic, loop_mic=True, keep_images=False) for _ in range(sessions)]
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
@@ -224,7 +224,7 @@ async def _server_stats(http: Any, peers: list[Any]) -> list[dict[str, Any]]:
 async def _bench(args: argparse.Namespace, mic: np.ndarray) -> dict[str, Any]:
     limit = args.max_sessions if args.find_capacity else args.sessions
     async with _server(args, limit) as (url, server):
-        import httpx  # noqa: PLC0415
+        import httpx
 
         async with httpx.AsyncClient() as http:
             ready = (await http.get(f"{url}/readyz")).json()

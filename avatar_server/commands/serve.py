@@ -24,11 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Validate the settings, load the model, serve until interrupted."""
-    import uvicorn  # noqa: PLC0415
+    import uvicorn
 
-    from avatar_server.app import create_app  # noqa: PLC0415
-    from avatar_server.http import uvicorn_config  # noqa: PLC0415
-    from avatar_server.runtime import load_pipeline  # noqa: PLC0415
+    from avatar_server.app import create_app
+    from avatar_server.http import uvicorn_config
+    from avatar_server.runtime import load_pipeline
 
     overrides = {"host": args.host, "port": args.port}
     model = {k: v for k, v in (("weights", args.weights), ("device", args.device)) if v is not None}

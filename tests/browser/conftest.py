@@ -7,10 +7,20 @@ from typing import Any, Iterator
 
 import pytest
 
-from e2e_browser import (API_KEY, CHROMIUM, Server, Tab, close_tab, launch_chromium, non_loopback_ipv4, open_tab, spawn_server,
-                         stop_server, wait_healthy)
+from e2e_browser import (
+    API_KEY,
+    CHROMIUM,
+    Server,
+    Tab,
+    close_tab,
+    launch_chromium,
+    non_loopback_ipv4,
+    open_tab,
+    spawn_server,
+    stop_server,
+    wait_healthy,
+)
 from e2e_speech import espeak_speech, human_speech, with_silences, write_wav
-
 
 #################################################################################
 #                                 Preconditions                                 #

@@ -56,7 +56,7 @@ BLOCK_EVENTS_SOCKETS = """
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """No access lines on stderr."""
 
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from e2e_browser import Server, Tab, close_tab, free_port, open_tab
 import server_helpers  # tests/server_helpers.py
+from e2e_browser import Server, Tab, close_tab, free_port, open_tab
 
 pytestmark = pytest.mark.browser
 

@@ -12,10 +12,9 @@ import logging
 import os
 import random
 import struct
-import time
 import zlib
 from collections import Counter
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import httpx
 import pytest
@@ -361,7 +360,7 @@ async def test_fuzz_http_bodies_and_headers(error_lines: ErrorRecords) -> None:
     server = {**SERVER, "http": {"header_timeout_s": 1.0, "body_timeout_s": 1.0}}
     async with fake_server(**server) as (url, state), httpx.AsyncClient(base_url=url, timeout=20) as http:
         sdp = await offer_sdp()
-        for n in range(80 * SCALE):
+        for _ in range(80 * SCALE):
             if rng.random() < 0.75:   # mostly the routes that read bodies
                 method, path = rng.choice(WRITES)
             else:
