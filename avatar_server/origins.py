@@ -18,7 +18,7 @@ import logging
 from typing import Iterable
 from urllib.parse import urlsplit
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from avatar_server.problems import problem_response
 
@@ -92,7 +92,7 @@ class PublicAssets:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
 
-        async def send_with_cors(message: dict) -> None:
+        async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"access-control-allow-origin"]
                 headers += [(b"access-control-allow-origin", b"*"), (b"cross-origin-resource-policy", b"cross-origin")]

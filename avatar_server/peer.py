@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
-from av import AudioFrame
+from av import AudioFrame, VideoFrame
 
 MIC_RATE = 16000
 MIC_PTIME_S = 0.020
@@ -66,8 +66,8 @@ class MicTrack(MediaStreamTrack):
 class Received:
     """What one peer got back."""
 
-    video: list[tuple[float, int, np.ndarray | None]] = field(default_factory=list)  # (arrival, pts, rgb)
-    audio: list[tuple[float, int, np.ndarray]] = field(default_factory=list)         # (arrival, pts, pcm [N, C])
+    video: list[tuple[float, int | None, np.ndarray | None]] = field(default_factory=list)  # (arrival, pts, rgb)
+    audio: list[tuple[float, int | None, np.ndarray]] = field(default_factory=list)         # (arrival, pts, pcm [N, C])
     rtp_arrival: dict[str, dict[int, float]] = field(default_factory=lambda: defaultdict(dict))
     rtp_origin: dict[str, int] = field(default_factory=dict)
 
@@ -135,12 +135,12 @@ class AvatarPeer:
             while True:
                 frame = await track.recv()
                 now = time.monotonic()
-                if track.kind == "video":
+                if isinstance(frame, VideoFrame):
                     if self.first_frame_s is None:
                         self.first_frame_s = now - self.started
                     image = frame.to_ndarray(format="rgb24") if self.keep_images else None
                     self.received.video.append((now, frame.pts, image))
-                else:
+                elif isinstance(frame, AudioFrame):
                     pcm = frame.to_ndarray().reshape(-1, len(frame.layout.channels))
                     self.received.audio.append((now, frame.pts, pcm))
         except MediaStreamError:

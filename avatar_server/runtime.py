@@ -47,16 +47,15 @@ def load_pipeline(settings: ServerSettings) -> PipelineHandle:
     weights = settings.path(model.weights) if model.weights else None
     if weights is not None and weights.is_dir():
         pipe = AvatarPipeline.from_pretrained(str(weights), device=device)
-        source = f"weights {weights}"
+        source, name = f"weights {weights}", f"weights {weights.name}"
     else:
         logger.warning(
             "no trained weights at %s: serving a RANDOMLY INITIALISED %r model (it moves but does not look like the "
             "avatar). Train one with `omnilive train` or set model.weights in the server config.", weights, model.config)
         pipe = AvatarPipeline.from_config(model.config, device=device)
-        source = f"random-init {model.config}"
+        source = name = f"random-init {model.config}"
     logger.info("model: %s on %s (%dx%d @ %d fps, %d-frame chunks, %d steps)", source, device,
                 pipe.config.width, pipe.config.height, pipe.config.fps, pipe.config.chunk_frames, pipe.config.steps)
     pose_keypoints = NUM_KEYPOINTS if pipe.dit.config.pose_channels > 0 else 0
-    name = f"weights {weights.name}" if source.startswith("weights") else source
     return PipelineHandle(pipe=pipe, make_options=StreamOptions, source=source, device=device,
                           pose_keypoints=pose_keypoints, name=name)

@@ -132,7 +132,7 @@ class FakeStream:
         self.reference = reference
         self.options = options
         self.text = options.text
-        self.pose = None
+        self.pose: np.ndarray | None = None
         self.pending = np.zeros(0, np.float32)
         self.voiced = np.zeros(0, bool)
         self.next_frame = 0           # index of the next frame to generate
@@ -198,7 +198,7 @@ class FakePipeline:
         """The reference resized to the output size."""
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
-        resized = image.convert("RGB").resize((self.config.width, self.config.height), Image.BILINEAR)
+        resized = image.convert("RGB").resize((self.config.width, self.config.height), Image.Resampling.BILINEAR)
         return FakeReference(np.asarray(resized, np.uint8))
 
     def open_stream(self, reference: FakeReference, options: FakeStreamOptions | None = None) -> FakeStream:

@@ -87,8 +87,10 @@ class AvatarVideoTrack(MediaStreamTrack):
         if self.readyState != "live":
             raise MediaStreamError
         now = time.monotonic()
+        if self.started_at is None:
+            self.started_at = now
         if self._anchor is None:
-            self._anchor = self.started_at = now
+            self._anchor = now
         due = self._anchor + self._index * self.frame_s
         if due > now:
             await asyncio.sleep(due - now)

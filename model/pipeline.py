@@ -239,9 +239,10 @@ class AvatarPipeline:
         self.model_config = model_config
         self.config = PipelineConfig.from_model(model_config)
         self.device = torch.device(device)
-        self.dit = (dit.to(self.device) if dtype == dit.dtype else dit.to(self.device, dtype)).eval()
+        # diffusers wraps ModelMixin.to in functools.wraps, whose type does not bind `self`: hence the ignores
+        self.dit = (dit.to(self.device) if dtype == dit.dtype else dit.to(self.device, dtype)).eval()  # type: ignore[arg-type]
         self.vae = vae.to(self.device, dtype).eval()
-        self.motion = None if motion is None else motion.to(self.device).eval()
+        self.motion = None if motion is None else motion.to(self.device).eval()  # type: ignore[arg-type]
         self.locator = None if locator is None else locator.eval()  # runs on the CPU, once per avatar
         self.sampler = StreamingSampler(self.dit, model_config)
         self.text_encoder = TextEncoder(self.device)
@@ -453,8 +454,8 @@ class AvatarPipeline:
         for members in by_grid.values():
             latents = torch.cat([chunks[i].latents for i in members])  # [B*F, C, h, w]
             frames = self.vae.decode_uint8(latents).numpy()  # [B*F, H, W, 3]
-            for j, i in enumerate(np.array_split(frames, len(members))):
-                decoded[members[j]] = i
+            for member, part in zip(members, np.array_split(frames, len(members))):
+                decoded[member] = part
         return [Chunk(stream=c.stream, frames=decoded[i],
                       audio_time_s=np.array([c.stream.audio_time(c.first_frame + k) for k in range(len(decoded[i]))]),
                       first_frame=c.first_frame, mouth_open=c.mouth_open) for i, c in enumerate(chunks)]

@@ -85,7 +85,7 @@ class StreamingSampler:
 
     @property
     def _guided_model(self) -> bool:
-        return self.dit.config.prediction == "guide_residual"
+        return self.dit.config["prediction"] == "guide_residual"
 
     @torch.inference_mode()
     def init_state(self, reference_latents: torch.Tensor, seed: int, with_cache: bool = True,
@@ -277,9 +277,9 @@ class StreamingSampler:
                                   guide=None if guides is None else guides[index])[:, r + m:]
             out = self._guided(v_rows, rows, weights)
             x = euler_step(x, out, t, t_next) if guides is None else x0_step(x, guides + out, t, t_next)
-        from_guide = guides is not None and cfg.context_source == "guide"
+        contexts = guides if cfg.context_source == "guide" else None
         for i, (s, frames) in enumerate(zip(states, x)):
-            self._advance(s, frames, with_cache=cached, context=guides[i] if from_guide else None)
+            self._advance(s, frames, with_cache=cached, context=None if contexts is None else contexts[i])
         return x
 
     @torch.inference_mode()

@@ -68,7 +68,7 @@ def _numbers(text: str, kind: type) -> tuple:
 
 def _steps_list(text: str) -> tuple[int | None, ...]:
     """'DEFAULT,1' -> (None, 1); InputError on anything else."""
-    values = []
+    values: list[int | None] = []
     for item in (v.strip() for v in text.split(",") if v.strip()):
         if item.upper() == DEFAULT_STEPS:
             values.append(None)
