@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import secrets
 from http import HTTPStatus
 from typing import Any
 
@@ -32,21 +33,31 @@ class Problem(Exception):
     """An HTTP error with a problem body; raise it from any route."""
 
     def __init__(self, status: int, detail: str, *, code: str | None = None,
-                 headers: dict[str, str] | None = None) -> None:
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> None:
         super().__init__(detail)
         self.status = status
         self.detail = detail
         self.code = code or HTTPStatus(status).phrase.lower().replace(" ", "_")
         self.headers = headers or {}
+        self.extra = extra or {}
 
 
 def problem_response(status: int, detail: str, code: str | None = None,
-                     headers: dict[str, str] | None = None) -> JSONResponse:
-    """The JSON problem body {"type", "title", "status", "detail"} with its media type."""
+                     headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None) -> JSONResponse:
+    """The JSON problem body {"type", "title", "status", "detail"} (+ extension members) with its media type."""
     title = HTTPStatus(status).phrase
     code = code or title.lower().replace(" ", "_")
-    body = {"type": f"urn:omnilive:problem:{code}", "title": title, "status": status, "detail": detail}
+    body = {"type": f"urn:omnilive:problem:{code}", "title": title, "status": status, "detail": detail, **(extra or {})}
     return ProblemResponse(body, status_code=status, headers=headers)
+
+
+def internal_problem(what: str, error: BaseException) -> Problem:
+    """An error that is a bug, not the client's mistake: logged once with its traceback under a fresh request id,
+    and the 500 problem that names the same id (body `request_id`, header `X-Request-ID`)."""
+    request_id = secrets.token_hex(8)
+    logger.error("%s failed: internal error (request id %s)", what, request_id, exc_info=error)
+    return Problem(500, f"internal server error (request id {request_id})", code="internal_error",
+                   headers={"X-Request-ID": request_id}, extra={"request_id": request_id})
 
 
 def install_problem_handlers(app: FastAPI) -> None:
@@ -54,7 +65,7 @@ def install_problem_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Problem)
     async def _problem(_: Request, exc: Problem) -> JSONResponse:
-        return problem_response(exc.status, exc.detail, exc.code, exc.headers)
+        return problem_response(exc.status, exc.detail, exc.code, exc.headers, exc.extra)
 
     @app.exception_handler(InputError)
     async def _input(_: Request, exc: InputError) -> JSONResponse:
@@ -73,6 +84,6 @@ def install_problem_handlers(app: FastAPI) -> None:
         return problem_response(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        logger.exception("unhandled error: %s", exc)
-        return problem_response(500, "internal server error")
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        problem = internal_problem(f"{request.method} {request.url.path}", exc)
+        return problem_response(problem.status, problem.detail, problem.code, problem.headers, problem.extra)

@@ -1,8 +1,11 @@
 """One live avatar session: its peer connection, audio feed, engine slot, tracks and events.
 
 However a session ends (DELETE, peer failed/closed, peer silent for `peer_timeout_s`, events socket
-gone while the peer is silent too, duration limit, server shutdown) `close()` frees everything it holds: tasks, VAD model, engine slot (stream caches),
-tracks and the peer connection.
+gone while the peer is silent too, duration limit, an internal error, server shutdown) `close()` frees everything
+it holds: tasks, VAD model, engine slot (stream caches), tracks and the peer connection.
+
+Its tasks and the handlers the engine and VAD threads call are supervised: an exception in one is a bug, logged
+once with its traceback; the client gets an `internal_error` event and the session ends ("internal_error").
 """
 
 from __future__ import annotations
@@ -115,11 +118,25 @@ class Session:
         self.spawn(self._liveness(), "liveness")
 
     def spawn(self, coro: Any, name: str) -> asyncio.Task:
-        """A task owned by this session (cancelled by close)."""
+        """A task owned by this session (cancelled by close); its failure ends the session."""
         task = asyncio.create_task(coro, name=f"{self.id}:{name}")
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and (error := task.exception()) is not None:
+            self._fail(f"task {task.get_name().split(':', 1)[-1]}", error)
+
+    def _fail(self, where: str, error: BaseException) -> None:
+        """An internal error in this session: log it with its traceback, tell the client, end the session."""
+        logger.error("session %s: %s failed", self.id, where, exc_info=error)
+        if self.closed:
+            return
+        self.emit({"type": "error", "code": "internal_error",
+                   "detail": "the server hit an internal error; the session ends"})
+        self.spawn(self.close("internal_error"), "close")
 
     def on_connection_state(self, state: str) -> None:
         """Peer connection state changes (registered by the manager)."""
@@ -148,21 +165,23 @@ class Session:
         for task in others:
             task.cancel()
         await asyncio.gather(*others, return_exceptions=True)
-        self.voice.release(self.id)
-        self.engine.remove(self.slot)
-        self.video.stop()
-        self.audio.stop()
         try:
-            await asyncio.wait_for(self.pc.close(), timeout=5.0)
-        except (asyncio.TimeoutError, Exception):  # a broken peer must not block the rest
-            logger.warning("session %s: peer connection did not close cleanly", self.id)
-        self.frames.clear()
-        self.inbox.clear()
-        self._set_state("closed")
-        self.ended.set()
-        for queue in list(self.listeners):
-            self.offer(queue, None)
-        self._on_closed(self, reason)
+            self.voice.release(self.id)
+            self.engine.remove(self.slot)
+            self.video.stop()
+            self.audio.stop()
+            try:
+                await asyncio.wait_for(self.pc.close(), timeout=5.0)
+            except (asyncio.TimeoutError, Exception):  # a broken peer must not block the rest
+                logger.warning("session %s: peer connection did not close cleanly", self.id)
+            self.frames.clear()
+            self.inbox.clear()
+        finally:  # whatever failed above, the session is gone for its sockets and the manager
+            self._set_state("closed")
+            self.ended.set()
+            for queue in list(self.listeners):
+                self.offer(queue, None)
+            self._on_closed(self, reason)
 
     async def _lifetime(self) -> None:
         """Connect within connect_timeout_s; end at max_duration_s."""
@@ -262,10 +281,16 @@ class Session:
     # ------------------------------------------------------------------ engine -> loop
 
     def _threadsafe(self, fn: Callable[..., None]) -> Callable[..., None]:
-        """Wrap a loop-side handler so the engine thread can call it."""
+        """Wrap a loop-side handler so the engine and VAD threads can call it; its failure ends the session."""
+        def guarded(*args: Any) -> None:
+            try:
+                fn(*args)
+            except Exception as error:
+                self._fail(f"handler {fn.__name__}", error)
+
         def call(*args: Any) -> None:
             try:
-                self._loop.call_soon_threadsafe(fn, *args)
+                self._loop.call_soon_threadsafe(guarded, *args)
             except RuntimeError:  # loop already closed (shutdown)
                 pass
         return call

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Any
+import math
+from typing import Any, Iterator
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
@@ -12,7 +14,8 @@ from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationEr
 from avatar_server.avatars import Avatar
 from avatar_server.engine import Engine
 from avatar_server.metrics import Metrics
-from avatar_server.problems import Problem
+from avatar_server.problems import Problem, internal_problem
+from avatar_server.ratelimit import RateLimiter
 from avatar_server.runtime import PipelineHandle
 from avatar_server.sdp import parse_offer
 from avatar_server.session import Session, SessionOptions
@@ -37,6 +40,7 @@ class SessionManager:
         self.sessions: dict[str, Session] = {}
         self.draining = False
         self._pending = 0
+        self._creations = RateLimiter(settings.sessions.max_creations_per_s, settings.sessions.creation_burst)
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -68,10 +72,23 @@ class SessionManager:
             raise Problem(503, f"all {self.max_sessions} session slots are in use; retry later", code="capacity",
                           headers={"Retry-After": str(self.settings.sessions.retry_after_s)})
 
+    def _throttle(self) -> None:
+        """`sessions.max_creations_per_s`: WebRTC setup runs on the event loop every live session shares."""
+        if not self._creations.allow():
+            self.metrics.sessions_rejected.labels(reason="rate").inc()
+            rate = self.settings.sessions.max_creations_per_s
+            retry = max(1, math.ceil(self._creations.wait_s()))
+            raise Problem(429, f"sessions are being created faster than {rate:g} per second; retry later",
+                          code="rate_limited", headers={"Retry-After": str(retry)})
+
     async def create(self, offer_sdp: str, options: SessionOptions, avatar: Avatar) -> tuple[Session, str]:
-        """Answer an SDP offer with a new session; Problem 503 when full, 400 for an unusable offer."""
+        """Answer an SDP offer with a new session: the one place where sessions are created (SDP and WHEP).
+
+        Problem 503 when full, 400 for an unusable offer, 429 over the creation rate (checked after the cheap
+        checks, so only offers that would reach aiortc count), 500 with a request id for an internal error."""
         self._admit()
         parse_offer(offer_sdp, self.settings.limits)
+        self._throttle()
         self._pending += 1
         try:
             return await self._create(offer_sdp, options, avatar)
@@ -83,45 +100,63 @@ class SessionManager:
             RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
             for s in self.settings.ice_servers])
         pc = RTCPeerConnection(config)
-        stream_options = self.handle.make_options(
-            text=options.text, seed=0, steps=self.settings.model.steps, guidance=options.guidance)
-        session = Session(self.settings, self.engine, self.voice, pc, options, avatar.reference, avatar.idle, stream_options,
-                          int(self.handle.pipe.config.sample_rate), self._closed, self.metrics.latency.observe)
-
-        @pc.on("connectionstatechange")
-        def _state() -> None:
-            session.on_connection_state(pc.connectionState)
-
-        pc.on("track", session.on_remote_track)
+        session: Session | None = None
         try:
+            stream_options = self.handle.make_options(
+                text=options.text, seed=0, steps=self.settings.model.steps, guidance=options.guidance)
+            session = Session(self.settings, self.engine, self.voice, pc, options, avatar.reference, avatar.idle,
+                              stream_options, int(self.handle.pipe.config.sample_rate), self._closed,
+                              self.metrics.latency.observe)
+            self._wire(pc, session)
             await self._negotiate(pc, session, offer_sdp)
-        except Exception as error:  # aiortc raises many types for offers the checks let through
+            self.sessions[session.id] = session
+            session.start()
+        except Problem:  # the client's offer
             await self._abandon(pc, session)
-            raise Problem(400, _sdp_detail(error), code="bad_sdp") from None
-        self.sessions[session.id] = session
-        session.start()
+            raise
+        except Exception as error:  # our bug, not the client's: 500 with a request id, never a 400
+            problem = internal_problem("creating a session", error)
+            await self._abandon(pc, session)
+            raise problem from None
         logger.info("session %s: avatar %s, %dx%d @ %d fps", session.id, avatar.id, options.width, options.height,
                     options.fps)
         return session, pc.localDescription.sdp
 
     @staticmethod
+    def _wire(pc: RTCPeerConnection, session: Session) -> None:
+        """The peer connection's events drive the session."""
+        @pc.on("connectionstatechange")
+        def _state() -> None:
+            session.on_connection_state(pc.connectionState)
+
+        pc.on("track", session.on_remote_track)
+
+    @staticmethod
     async def _negotiate(pc: RTCPeerConnection, session: Session, offer_sdp: str) -> None:
-        """Apply the offer, attach the avatar's tracks, create the answer."""
-        await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+        """Apply the offer, attach the avatar's tracks, create the answer; Problem 400 when aiortc cannot
+        negotiate the offer."""
+        with _offer_errors():
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         kinds = {t.kind for t in pc.getTransceivers()}
         if "video" not in kinds:
-            raise ValueError("the offer has no video m-line to send the avatar on")
+            raise Problem(400, "unusable SDP offer: the offer has no video m-line to send the avatar on",
+                          code="bad_sdp")
         pc.addTrack(session.video)
         if "audio" in kinds:
             pc.addTrack(session.audio)
-        await pc.setLocalDescription(await pc.createAnswer())
+        with _offer_errors():
+            await pc.setLocalDescription(await pc.createAnswer())
 
-    @staticmethod
-    async def _abandon(pc: RTCPeerConnection, session: Session) -> None:
-        """Free a half-built peer connection; closing it may fail too (aiortc), which must not turn into a 500."""
-        session.closed = True
-        for task in list(session.tasks):
-            task.cancel()
+    async def _abandon(self, pc: RTCPeerConnection, session: Session | None) -> None:
+        """Free a session that did not start: a started one gets its full teardown; otherwise the half-built
+        peer connection is closed, and closing it may fail too (aiortc), which must not turn into a 500."""
+        if session is not None and session.id in self.sessions:
+            await session.close("internal_error")
+            return
+        if session is not None:
+            session.closed = True
+            for task in list(session.tasks):
+                task.cancel()
         try:
             await pc.close()
         except Exception as error:  # noqa: BLE001 - best effort on a connection that never worked
@@ -135,6 +170,18 @@ class SessionManager:
         """Stop admitting and end every session (shutdown)."""
         self.draining = True
         await asyncio.gather(*(s.close(reason) for s in list(self.sessions.values())), return_exceptions=True)
+
+
+@contextlib.contextmanager
+def _offer_errors() -> Iterator[None]:
+    """aiortc working on the client's offer: what it raises (many types for offers the checks let through) is a
+    400 `bad_sdp`. OSError is the server's (sockets, file descriptors) and stays an internal error."""
+    try:
+        yield
+    except OSError:
+        raise
+    except Exception as error:
+        raise Problem(400, _sdp_detail(error), code="bad_sdp") from None
 
 
 def _sdp_detail(error: Exception) -> str:

@@ -96,6 +96,9 @@ class SessionSettings(_Section):
     peer_timeout_s: float = Field(default=5.0, ge=2.0, description="no RTCP receiver report from a connected peer "
                                   "for this long: it vanished, the session ends (ICE consent alone takes 30 s)")
     stats_interval_s: float = Field(default=1.0, gt=0)
+    max_creations_per_s: float = Field(default=10.0, gt=0, description="new sessions per second, all clients "
+                                       "together (429 beyond): each costs the event loop ~10 ms of WebRTC setup")
+    creation_burst: int = Field(default=40, gt=0, description="token-bucket depth of the creation rate")
 
 
 class LimitSettings(_Section):
