@@ -16,11 +16,12 @@ import secrets
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame
 
 from avatar_server.audio import AudioHistory, Inbox, Resampler
 from avatar_server.engine import Engine, Slot, SlotCallbacks
@@ -211,7 +212,7 @@ class Session:
         resampler = Resampler(self.rate)
         try:
             while True:
-                frame = await track.recv()
+                frame = cast(AudioFrame, await track.recv())  # an audio track's frames (typed Frame | Packet)
                 self.put_audio(resampler.frame(frame))
         except MediaStreamError:
             return

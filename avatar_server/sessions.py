@@ -21,6 +21,7 @@ from avatar_server.sdp import parse_offer
 from avatar_server.session import Session, SessionOptions
 from avatar_server.settings import ServerSettings
 from avatar_server.vad import VoiceWorker
+from model.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +112,7 @@ class SessionManager:
             await self._negotiate(pc, session, offer_sdp)
             self.sessions[session.id] = session
             session.start()
-        except Problem:  # the client's offer
+        except (Problem, InputError):  # the client's offer or options
             await self._abandon(pc, session)
             raise
         except Exception as error:  # our bug, not the client's: 500 with a request id, never a 400
