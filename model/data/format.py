@@ -24,7 +24,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Literal
 
-import av
 import numpy as np
 from pydantic import BaseModel, Field
 
@@ -214,6 +213,8 @@ class VideoWriter:
             raise InputError(f"video size must be even, got {width}x{height}")
         self._path = Path(path)
         self._tmp = self._path.with_name(self._path.name + ".tmp.mp4")
+        import av  # here, not at the top: reading a dataset's index and keypoints needs no PyAV
+
         self._container = av.open(str(self._tmp), "w", format="mp4")
         self._stream = self._container.add_stream(
             "libx264", rate=fps, options={"crf": str(crf), "preset": "veryfast", "threads": "1"})
@@ -224,6 +225,8 @@ class VideoWriter:
 
     def write(self, frame: np.ndarray) -> None:
         """Encode one uint8 [H, W, 3] RGB frame."""
+        import av
+
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         video_frame.pts = self.frames
         for packet in self._stream.encode(video_frame):
@@ -321,7 +324,9 @@ def read_keypoints(path: Path) -> Keypoints:
 
 
 def read_video(path: Path) -> np.ndarray:
-    """Decode a clip video to uint8 [T, H, W, 3] RGB."""
+    """Decode a clip video to uint8 [T, H, W, 3] RGB (ModuleNotFoundError where PyAV is not installed)."""
+    import av
+
     with av.open(str(path)) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     return np.stack(frames)

@@ -33,6 +33,8 @@ class DataConfig(_Strict):
     framings: list[str] | None = Field(None, description="keep only clips of these framings (face, portrait, half_body, full_body)")
     holdout_clips: int = Field(4, ge=0, description="clips of the split kept aside for held-out metrics")
     workers: int = Field(0, ge=0)
+    pack: str | None = Field(None, description="VAE training: read frames from this frame pack (scripts/pack_vae_frames.py) "
+                             "instead of the dataset")
 
 
 class OptimConfig(_Strict):
@@ -60,6 +62,8 @@ class RunConfig(_Strict):
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     gradient_checkpointing: bool = False
     threads: int | None = None
+    max_seconds: float | None = Field(None, gt=0, description="VAE training: stop after this much wall time, the LR "
+                                      "schedule shortened to fit once the step pace is known (a lent machine's budget)")
 
 
 class VaeLossConfig(_Strict):

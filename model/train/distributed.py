@@ -67,6 +67,8 @@ def init_distributed(device: str | None = None) -> DistContext:
     if device is None:
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
     torch_device = torch.device(device)
+    if torch_device.type == "cuda" and torch_device.index is None:  # "cuda" means this process's GPU
+        torch_device = torch.device("cuda", local_rank)
     if torch_device.type == "cuda":
         torch.cuda.set_device(torch_device)
     if world_size > 1 and not dist.is_initialized():

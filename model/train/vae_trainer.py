@@ -20,6 +20,7 @@ from model.train.checkpoint import latest_checkpoint, load_checkpoint, save_chec
 from model.train.config import VaeLossConfig, VaeTrainConfig
 from model.train.distributed import DistContext
 from model.train.ema import EMA
+from model.train.frame_pack import read_frame_pack, write_frame_pack
 from model.train.frames import bucket_size, region_weights, resize_frames
 from model.train.log import TrainLog
 from model.train.metrics import mouth_box, psnr, ssim_map
@@ -29,6 +30,8 @@ from model.vae import FrameVAE
 logger = logging.getLogger(__name__)
 
 FRAMES_PER_CLIP = 48
+HELDOUT_FRAMES_PER_CLIP = 8
+PACE_STEPS = (20, 120)  # a time budget measures the step pace between these steps (after warm-up)
 LOG_FIELDS = ["step", "loss", "l1", "gradient", "ssim", "lr", "grad_norm", "seconds"]
 
 
@@ -43,6 +46,7 @@ class FramePool:
     frames: list[torch.Tensor]    # per clip: uint8 [N, 3, h, w]
     weights: list[torch.Tensor]   # per clip: float [N, 1, h, w]
     lips: list[np.ndarray]        # per clip: lip keypoints [N, L, 2] (for mouth-region PSNR)
+    picks: list[np.ndarray]       # per clip: the N frame indices in the clip
 
     def __len__(self) -> int:
         return sum(len(f) for f in self.frames)
@@ -59,13 +63,14 @@ def select_clips(root: Path, split: str, limit: int | None, framings: list[str] 
 
 def build_pool(root: Path, entries: list[fmt.IndexEntry], area: int, unit: int, loss: VaeLossConfig, per_clip: int) -> FramePool:
     """Decode the clips, keep `per_clip` evenly spaced frames each, resized to their bucket, with weights."""
-    pool = FramePool([], [], [])
+    pool = FramePool([], [], [], [])
     region = {"mouth": loss.mouth_weight, "hands": loss.hand_weight, "face": loss.face_weight}
     for entry in entries:
         clip = fmt.load_clip(root, entry.id)
         picks = np.unique(np.linspace(0, len(clip.frames) - 1, num=min(per_clip, len(clip.frames))).round().astype(int))
         height, width = bucket_size(entry.width, entry.height, area, unit)
         pool.frames.append(resize_frames(clip.frames[picks], height, width))
+        pool.picks.append(picks)
         if clip.keypoints is not None:
             xy, vis = clip.keypoints.xy[picks], clip.keypoints.visibility[picks]
             pool.weights.append(region_weights(xy, vis, height, width, region, loss.region_margin))
@@ -129,8 +134,9 @@ def reconstruction_loss(
 def heldout_psnr(vae: FrameVAE, pool: FramePool) -> dict[str, float]:
     """PSNR (dB) of full held-out frames and of their mouth boxes, through encode -> decode."""
     full, mouth = [], []
+    device = next(vae.parameters()).device
     for frames, lips in zip(pool.frames, pool.lips):
-        target = frames.float() / 127.5 - 1.0
+        target = frames.to(device).float() / 127.5 - 1.0
         recon = vae.decode(vae.encode(target))
         full.append(psnr(recon, target))
         if lips.shape[1]:
@@ -154,8 +160,49 @@ def noised_latents(latents: torch.Tensor, max_std: float, generator: torch.Gener
 @torch.no_grad()
 def fit_latent_scaling(vae: FrameVAE, pool: FramePool) -> tuple[float, float]:
     """(shift, scale) that bring raw latents of the pool to zero mean and unit variance."""
-    raw = torch.cat([vae.autoencoder.encode(frames.float() / 127.5 - 1.0).latents.flatten() for frames in pool.frames])
+    device = next(vae.parameters()).device
+    raw = torch.cat([vae.autoencoder.encode(frames.to(device).float() / 127.5 - 1.0).latents.flatten() for frames in pool.frames])
     return float(raw.mean()), float(1.0 / raw.std().clamp_min(1e-6))
+
+
+def frame_pools(config: VaeTrainConfig) -> tuple[FramePool, FramePool]:
+    """(training pool, held-out pool) from the config's frame pack, or built from its dataset."""
+    if config.data.pack:
+        return (FramePool(*read_frame_pack(Path(config.data.pack), "train"), picks=[]),
+                FramePool(*read_frame_pack(Path(config.data.pack), "heldout"), picks=[]))
+    splits = clip_splits(config)
+    model_config = load_model_config(config.model)
+    unit = 2 ** (len(model_config.vae.encoder_block_out_channels) - 1) * model_config.dit.patch_size
+    area = model_config.video.height * model_config.video.width
+    root = Path(config.data.root)
+    return (build_pool(root, splits["train"], area, unit, config.loss, FRAMES_PER_CLIP),
+            build_pool(root, splits["heldout"], area, unit, config.loss, HELDOUT_FRAMES_PER_CLIP))
+
+
+def clip_splits(config: VaeTrainConfig) -> dict[str, list[fmt.IndexEntry]]:
+    """{"train": entries, "heldout": entries} of the config's dataset (held out: val, else test, else one train clip)."""
+    root = Path(config.data.root)
+    framings = config.data.framings
+    train_entries = select_clips(root, config.data.split, config.data.max_clips, framings)
+    index = fmt.read_index(root)
+    heldout_split = next((s for s in ("val", "test") if index.split(s, framings)), config.data.split)
+    heldout_entries = [e for e in index.split(heldout_split, framings) if e not in train_entries][: config.data.holdout_clips]
+    if not heldout_entries:
+        heldout_entries, train_entries = train_entries[-1:], train_entries[:-1] or train_entries
+    return {"train": train_entries, "heldout": heldout_entries}
+
+
+def pack_frames(config: VaeTrainConfig, out: Path) -> None:
+    """Write the config's training and held-out frames as a frame pack (model/train/frame_pack.py)."""
+    config = config.model_copy(update={"data": config.data.model_copy(update={"pack": None})})
+    pool, heldout = frame_pools(config)
+    write_frame_pack(Path(config.data.root), clip_splits(config), {"train": pool, "heldout": heldout}, out)
+
+
+def budgeted_steps(max_seconds: float, elapsed: float, pace_began: float, done: int, horizon: int) -> int:
+    """The step at which a run that has spent `elapsed` s for `done` steps must stop to keep its time budget."""
+    per_step = (elapsed - pace_began) / (PACE_STEPS[1] - PACE_STEPS[0])
+    return max(done, min(horizon, done + int((max_seconds - elapsed) / max(per_step, 1e-6))))
 
 
 #################################################################################
@@ -180,19 +227,8 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
     if config.freeze_encoder:
         vae.autoencoder.encoder.requires_grad_(False)
         vae.autoencoder.encoder.eval()
-    unit = 2 ** (len(model_config.vae.encoder_block_out_channels) - 1) * model_config.dit.patch_size
-    area = model_config.video.height * model_config.video.width
-    root = Path(config.data.root)
-    framings = config.data.framings
-    train_entries = select_clips(root, config.data.split, config.data.max_clips, framings)
-    index = fmt.read_index(root)
-    heldout_split = next((s for s in ("val", "test") if index.split(s, framings)), config.data.split)
-    heldout_entries = [e for e in index.split(heldout_split, framings) if e not in train_entries][: config.data.holdout_clips]
-    if not heldout_entries:
-        heldout_entries, train_entries = train_entries[-1:], train_entries[:-1] or train_entries
-    pool = build_pool(root, train_entries, area, unit, config.loss, FRAMES_PER_CLIP)
-    heldout = build_pool(root, heldout_entries, area, unit, config.loss, 8)
-    logger.info("VAE training on %d frames of %d clips; %d held-out clips", len(pool), len(train_entries), len(heldout_entries))
+    pool, heldout = frame_pools(config)
+    logger.info("VAE training on %d frames of %d clips; %d held-out clips", len(pool), len(pool.frames), len(heldout.frames))
 
     net = vae.autoencoder
     optimizer = make_optimizer(vae.autoencoder.parameters(), config.optim)
@@ -204,13 +240,16 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
 
     log = TrainLog(out / "log.csv", LOG_FIELDS, config.run.steps, start, ctx.is_main)
     began = time.monotonic()
+    pace_began = 0.0
+    horizon = config.run.steps  # the LR schedule's length; a time budget shortens it once the pace is known
     stop = min(config.run.steps, until) if until is not None else config.run.steps
-    for step in range(start, stop):
+    step = start
+    while step < stop:
         generator = step_generator(config.run.seed, step, ctx.rank)
         pixels, weights = sample_batch(pool, config.run.batch_size, config.crop, generator)
         pixels, weights = pixels.to(ctx.device), weights.to(ctx.device)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.optim, config.run.steps)
+            group["lr"] = lr_at(step, config.optim, horizon)
         with autocast(ctx.device, config.run.mixed_precision):
             with torch.set_grad_enabled(not config.freeze_encoder):
                 latents = net.encoder(pixels)
@@ -226,14 +265,21 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
         done = step + 1
         log.advance(loss=loss.item(), l1=parts["l1"])
         if done % config.run.log_every == 0 or done == config.run.steps:
-            log.write({"step": done, "loss": float(loss), **parts, "lr": optimizer.param_groups[0]["lr"],
+            log.write({"step": done, "loss": loss.item(), **parts, "lr": optimizer.param_groups[0]["lr"],
                        "grad_norm": grad_norm, "seconds": round(time.monotonic() - began, 2)})
+        if config.run.max_seconds and done == start + PACE_STEPS[1]:
+            horizon = budgeted_steps(config.run.max_seconds, time.monotonic() - began, pace_began, done, horizon)
+            stop = min(stop, horizon)
+            logger.info("time budget %.0f s: training stops at step %d", config.run.max_seconds, horizon)
+        elif done == start + PACE_STEPS[0]:
+            pace_began = time.monotonic() - began
         if ctx.is_main and (done % config.run.checkpoint_every == 0 or done == stop):
             save_checkpoint(out / "checkpoints", done, vae.autoencoder, ema, optimizer, {"kind": "vae"}, config.run.keep_checkpoints)
         ctx.barrier()
+        step = done
     log.close()
 
-    result: dict = {"stopped_at": stop} if stop < config.run.steps else {}
+    result: dict = {"stopped_at": stop} if stop < horizon else {}
     if ctx.is_main and not result:
         ema.copy_to(vae.autoencoder)
         vae.eval()
@@ -242,7 +288,7 @@ def train_vae(config: VaeTrainConfig, ctx: DistContext, resume: bool = True, unt
         else:
             shift, scale = fit_latent_scaling(vae, pool)
             vae.autoencoder.register_to_config(shift_factor=shift, scaling_factor=scale)
-        result = {"steps": config.run.steps, "train_clips": len(train_entries), "heldout_clips": len(heldout_entries),
+        result = {"steps": stop, "train_clips": len(pool.frames), "heldout_clips": len(heldout.frames),
                   "train_frames": len(pool), "shift_factor": shift, "scaling_factor": scale,
                   "wall_s": round(time.monotonic() - began, 1), **heldout_psnr(vae, heldout)}
         vae.save_pretrained(out / "final")
