@@ -28,7 +28,7 @@ from avatar_server.origins import PublicAssets, WriteGuard
 from avatar_server.problems import Problem, install_problem_handlers, problem_response
 from avatar_server.ratelimit import RateLimiter
 from avatar_server.runtime import PipelineHandle
-from avatar_server.session import Session, SessionOptions
+from avatar_server.session import INTERNAL_ERROR, Session, SessionOptions
 from avatar_server.sessions import SessionManager
 from avatar_server.settings import ServerSettings
 from avatar_server.text import check_text
@@ -125,7 +125,7 @@ def _freeze_startup_objects() -> None:
 def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
     """The FastAPI app around a loaded pipeline (see runtime.load_pipeline / runtime.fake_pipeline)."""
     metrics = Metrics()
-    engine = Engine(handle.pipe, settings.engine, steps=settings.model.steps)
+    engine = Engine(handle.pipe, settings.engine, steps=settings.model.steps, observer=metrics)
     voice = VoiceWorker(settings.vad)
     state = ServerState(settings=settings, handle=handle, engine=engine, voice=voice,
                         avatars=AvatarStore(handle.pipe, settings.limits),
@@ -453,16 +453,15 @@ def _add_socket_routes(app: FastAPI, state: ServerState) -> None:
         sender = asyncio.create_task(_send_events(ws, queue, grant.expires))
         limiter = RateLimiter(limits.max_ws_messages_per_s, limits.ws_burst)
         try:
-            while not sender.done():
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
-                    break
+            while not sender.done() and (message := await _receive(ws)) is not None:
                 problem = _receive_guard(state, message, limiter)
-                reply = _error(problem, "message dropped") if problem else _handle_command(state, session, message)
+                try:
+                    reply = _error(problem, "message dropped") if problem else _handle_command(state, session, message)
+                except Exception as error:  # noqa: BLE001 - a bug, not the client's message: logged, the session ends
+                    session.fail("events command", error)
+                    continue
                 if reply is not None:
                     session.offer(queue, reply)
-        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: closed by the sender meanwhile
-            pass
         finally:
             sender.cancel()
             await asyncio.gather(sender, return_exceptions=True)
@@ -484,19 +483,38 @@ def _add_socket_routes(app: FastAPI, state: ServerState) -> None:
         limiter = RateLimiter(limits.max_ws_messages_per_s, limits.ws_burst)
         closer = asyncio.create_task(_close_when_ended(ws, session, grant.expires))
         try:
-            while True:
-                message = await ws.receive()
-                if message["type"] == "websocket.disconnect":
+            while (message := await _receive(ws)) is not None:
+                problem = _receive_guard(state, message, limiter)
+                try:
+                    reply = _error(problem, "message dropped") if problem else _handle_audio(session, decoder, message)
+                except Exception as error:  # noqa: BLE001 - a bug, not the client's message: logged, the session ends
+                    session.fail("audio message", error)
+                    reply = INTERNAL_ERROR
+                if reply is not None and not await _send(ws, reply):
                     break
-                reply = _receive_guard(state, message, limiter)
-                reply = _error(reply, "message dropped") if reply else _handle_audio(session, decoder, message)
-                if reply is not None:
-                    await ws.send_json(reply)
-        except (WebSocketDisconnect, RuntimeError):  # RuntimeError: closed by _close_when_ended meanwhile
-            pass
         finally:
             closer.cancel()
             await asyncio.gather(closer, return_exceptions=True)
+
+
+async def _receive(ws: WebSocket) -> dict[str, Any] | None:
+    """The next message; None once the socket is gone (the client left, or another task closed it meanwhile:
+    Starlette's RuntimeError). Only the socket's own call is guarded, so a bug in handling a message is never
+    taken for a closed socket."""
+    try:
+        message = await ws.receive()
+    except (WebSocketDisconnect, RuntimeError):
+        return None
+    return None if message["type"] == "websocket.disconnect" else dict(message)
+
+
+async def _send(ws: WebSocket, event: dict[str, Any]) -> bool:
+    """Send an event; False once the socket is gone."""
+    try:
+        await ws.send_json(event)
+    except (WebSocketDisconnect, RuntimeError):
+        return False
+    return True
 
 
 def _seconds_left(expires: float | None) -> float | None:

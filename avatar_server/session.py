@@ -4,8 +4,9 @@ However a session ends (DELETE, peer failed/closed, peer silent for `peer_timeou
 gone while the peer is silent too, duration limit, an internal error, server shutdown) `close()` frees everything
 it holds: tasks, VAD model, engine slot (stream caches), tracks and the peer connection.
 
-Its tasks and the handlers the engine and VAD threads call are supervised: an exception in one is a bug, logged
-once with its traceback; the client gets an `internal_error` event and the session ends ("internal_error").
+Its tasks and the handlers the engine and VAD threads call are supervised (and the socket routes hand their bugs
+to `fail` too): an exception in one is a bug, logged once with its traceback; the client gets an `internal_error`
+event and the session ends ("internal_error").
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from avatar_server.vad import VoiceWorker
 logger = logging.getLogger(__name__)
 
 EVENT_QUEUE_SIZE = 256
+INTERNAL_ERROR = {"type": "error", "code": "internal_error",
+                  "detail": "the server hit an internal error; the session ends"}
 
 
 @dataclass(frozen=True)
@@ -128,15 +131,14 @@ class Session:
     def _task_done(self, task: asyncio.Task) -> None:
         self.tasks.discard(task)
         if not task.cancelled() and (error := task.exception()) is not None:
-            self._fail(f"task {task.get_name().split(':', 1)[-1]}", error)
+            self.fail(f"task {task.get_name().split(':', 1)[-1]}", error)
 
-    def _fail(self, where: str, error: BaseException) -> None:
-        """An internal error in this session: log it with its traceback, tell the client, end the session."""
+    def fail(self, where: str, error: BaseException) -> None:
+        """An internal error in this session (a bug): log it with its traceback, tell the client, end the session."""
         logger.error("session %s: %s failed", self.id, where, exc_info=error)
         if self.closed:
             return
-        self.emit({"type": "error", "code": "internal_error",
-                   "detail": "the server hit an internal error; the session ends"})
+        self.emit(INTERNAL_ERROR)
         self.spawn(self.close("internal_error"), "close")
 
     def on_connection_state(self, state: str) -> None:
@@ -173,7 +175,7 @@ class Session:
             self.audio.stop()
             try:
                 await asyncio.wait_for(self.pc.close(), timeout=5.0)
-            except (asyncio.TimeoutError, Exception):  # a broken peer must not block the rest
+            except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - a broken peer must not block the rest
                 logger.warning("session %s: peer connection did not close cleanly", self.id)
             self.frames.clear()
             self.inbox.clear()
@@ -286,8 +288,8 @@ class Session:
         def guarded(*args: Any) -> None:
             try:
                 fn(*args)
-            except Exception as error:
-                self._fail(f"handler {fn.__name__}", error)
+            except Exception as error:  # noqa: BLE001 - logged with its traceback, and the session ends
+                self.fail(f"handler {fn.__name__}", error)
 
         def call(*args: Any) -> None:
             try:

@@ -115,7 +115,7 @@ class SessionManager:
         except (Problem, InputError):  # the client's offer or options
             await self._abandon(pc, session)
             raise
-        except Exception as error:  # our bug, not the client's: 500 with a request id, never a 400
+        except Exception as error:  # noqa: BLE001 - our bug, not the client's: logged, 500 with a request id
             problem = internal_problem("creating a session", error)
             await self._abandon(pc, session)
             raise problem from None
@@ -181,7 +181,7 @@ def _offer_errors() -> Iterator[None]:
         yield
     except OSError:
         raise
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - aiortc raises anything for an offer it cannot negotiate
         raise Problem(400, _sdp_detail(error), code="bad_sdp") from None
 
 

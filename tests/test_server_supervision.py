@@ -165,3 +165,28 @@ async def test_an_unexpected_route_error_is_500_with_a_request_id(monkeypatch: p
         request_id = response.json()["request_id"]
         assert "injected" not in response.text
         assert any(request_id in record.getMessage() and record.exc_info for record in errors.records)
+
+
+@pytest.mark.parametrize("socket", ["events", "audio"])
+async def test_a_bug_handling_a_socket_message_ends_the_session_not_just_the_socket(
+        monkeypatch: pytest.MonkeyPatch, socket: str) -> None:
+    """Before, the handlers' catch for a closed socket (RuntimeError) also swallowed bugs: no log, the socket
+    closed, the session went on."""
+    def boom(self: Session) -> None:
+        raise RuntimeError("injected interrupt failure")  # the type Starlette raises for a closed socket
+
+    monkeypatch.setattr(Session, "interrupt", boom)
+    command = {"events": {"type": "interrupt"}, "audio": {"type": "clear"}}[socket]
+    async with fake_server() as (url, state), httpx.AsyncClient(base_url=url, timeout=20) as http:
+        answer = (await http.post("/v1/sessions", json={"sdp": await offer_sdp()})).json()
+        with error_records() as errors:
+            async with ws_connect(url.replace("http", "ws") + answer[f"{socket}_url"]) as ws:
+                if socket == "events":
+                    assert json.loads(await ws.recv())["type"] == "state"
+                await ws.send(json.dumps(command))
+                received = [json.loads(message) async for message in ws]
+            await freed(state)
+        assert [e["code"] for e in received if e["type"] == "error"] == ["internal_error"], received
+        assert ws.close_code == WS_NORMAL
+        records = unique(errors.records)
+        assert len(records) == 1 and records[0].exc_info and "injected" in str(records[0].exc_info[1])
