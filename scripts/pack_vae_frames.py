@@ -12,9 +12,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.errors import InputError  # noqa: E402
-from model.train.config import VaeTrainConfig, load_train_config  # noqa: E402
-from model.train.vae_trainer import pack_frames  # noqa: E402
+from model.errors import InputError
+from model.train.config import VaeTrainConfig, load_train_config
+from model.train.vae_trainer import pack_frames
 
 
 def main() -> int:
