@@ -3,9 +3,13 @@
 Only the worker thread touches the streams: the event loop (and the VAD worker, for audio) enqueue
 commands on a session's Slot and the worker applies them before each batch, so the loop never
 waits for the model.
-Every chunk has a deadline (when its first frame must be played); when the batch would miss it the
-worker uses fewer denoising steps, and below `min_steps` it drops that session's backlog so its
-video holds a frame for a moment instead of building a queue.
+Every chunk has a deadline (when its first frame must be played). The worker keeps the default
+denoising steps whenever the cost model (avatar_server/cost_model.py) says they meet it and keep up
+with real time; otherwise it uses the most steps that do, never fewer than `min_steps` (the larger of
+`engine.min_steps` and the checkpoint's validated `sampler.min_steps`); when even `min_steps` is more
+than a chunk late it drops that session's backlog so its video holds a frame for a moment instead of
+building a queue. Each chunk's stage times (avatar_server/stages.py) go to its session's window and
+to an optional observer (/metrics).
 """
 
 from __future__ import annotations
@@ -16,11 +20,13 @@ import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
+from avatar_server.cost_model import CostModel
 from avatar_server.settings import EngineSettings
+from avatar_server.stages import StageWindow
 
 logger = logging.getLogger(__name__)
 
@@ -54,33 +60,21 @@ class Slot:
     fresh: bool = False             # backlog just dropped: the next chunk is generated, late or not
     closed: bool = False
     released: threading.Event = field(default_factory=threading.Event)
+    submitted: int = 0              # samples submitted in push commands (written by the submitting thread)
+    arrivals: deque[tuple[int, float]] = field(default_factory=deque)  # (submitted after a push, when)
+    stages: StageWindow | None = None  # set by Engine.add
+
+    def stage_summary(self) -> dict[str, dict[str, float]]:
+        """p50/p95 ms of each stage over the session's last chunks (for the stats event)."""
+        return {} if self.stages is None else self.stages.summary()
 
 
-#################################################################################
-#                                  Cost model                                   #
-#################################################################################
+class EngineObserver(Protocol):
+    """Told about every generate call and chunk, on the worker thread (avatar_server.metrics.Metrics)."""
 
+    def generate_call(self, seconds: float) -> None: ...
 
-class CostModel:
-    """Seconds per denoising step for a batch of b streams (EMA per batch size, linear fallback)."""
-
-    def __init__(self, smoothing: float) -> None:
-        self.smoothing = smoothing
-        self.per_step: dict[int, float] = {}
-
-    def update(self, batch: int, steps: int, seconds: float) -> None:
-        value = seconds / max(steps, 1)
-        old = self.per_step.get(batch)
-        self.per_step[batch] = value if old is None else old + self.smoothing * (value - old)
-
-    def estimate(self, batch: int, steps: int) -> float:
-        """Predicted seconds for one generate call (0 when nothing was measured yet)."""
-        if batch in self.per_step:
-            return self.per_step[batch] * steps
-        if not self.per_step:
-            return 0.0
-        nearest = min(self.per_step, key=lambda b: abs(b - batch))
-        return self.per_step[nearest] * batch / nearest * steps
+    def chunk_stages(self, stages: dict[str, float]) -> None: ...
 
 
 #################################################################################
@@ -100,14 +94,13 @@ class EngineStats:
     last_steps: int = 0
     last_generate_s: float = 0.0
     queue_depth: int = 0
-    generate_seconds: deque = field(default_factory=lambda: deque(maxlen=256))
 
 
 class Engine:
     """One worker thread driving `pipe.generate` for every session on one device."""
 
     def __init__(self, pipe: Any, settings: EngineSettings, steps: int | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, observer: EngineObserver | None = None) -> None:
         self.pipe = pipe
         self.settings = settings
         self.max_steps = steps or int(pipe.config.steps)
@@ -117,8 +110,12 @@ class Engine:
         self.frames_per_chunk = int(pipe.config.chunk_frames)
         self.frame_s = 1.0 / float(pipe.config.fps)
         self.sample_rate = int(pipe.config.sample_rate)
+        self.lookahead_frames = int(pipe.config.lookahead_frames)
         self.clock = clock
+        self.observer = observer
         self.cost = CostModel(settings.cost_smoothing)
+        self._warm_batches: set[int] = set()  # batch sizes past their first (warm-up) call
+        self._cuda = str(getattr(pipe, "device", "cpu")).startswith("cuda")
         self.stats = EngineStats()
         self._slots: dict[str, Slot] = {}
         self._lock = threading.Lock()
@@ -160,6 +157,7 @@ class Engine:
     def add(self, slot: Slot) -> None:
         """Register a session. Its stream is opened on a side thread (it runs the reference through
         the model), so a joining session does not stall the others; its commands wait until then."""
+        slot.stages = StageWindow(self.settings.stage_window)
         with self._lock:
             self._slots[slot.session_id] = slot
         self._opener.submit(self._open, slot)
@@ -179,7 +177,11 @@ class Engine:
         self._wake.set()
 
     def submit(self, slot: Slot, command: tuple) -> None:
-        """Queue a command for the worker: ("push", pcm, voiced), ("clear",), ("text", t), ("pose", kp), ("close",)."""
+        """Queue a command for the worker: ("push", pcm, voiced), ("clear",), ("text", t), ("pose", kp), ("close",).
+        Pushes come from one thread per session (the VAD worker); their arrival times feed the `queue` stage."""
+        if command[0] == "push":
+            slot.submitted += command[1].size
+            slot.arrivals.append((slot.submitted, self.clock()))
         slot.commands.append(command)
         self._wake.set()
 
@@ -296,8 +298,7 @@ class Engine:
         return slot.callbacks.deadline(slot.next_time) - self.settings.deadline_margin_ms / 1000.0
 
     def _plan(self, batch: list[Slot]) -> tuple[list[Slot], int]:
-        """Steps for this batch: the most that meet the first deadline and keep up with real time.
-        Sessions too late even at min_steps drop their backlog (held frames).
+        """Steps for this batch (see _steps). Sessions too late even at min_steps drop their backlog (held frames).
 
         A session that just dropped its backlog (`fresh`) holds the newest audio there is: it is
         generated as fast as possible, late or not, so a slow device still shows fresh frames.
@@ -307,10 +308,7 @@ class Engine:
         run = list(batch)
         while run:
             deadline = min(self._deadline(s) for s in run)
-            steps = self.max_steps
-            while steps > self.min_steps and (now + self.cost.estimate(len(run), steps) > deadline
-                                              or self.cost.estimate(len(run), steps) > chunk_s):
-                steps -= 1  # late for this chunk, or slower than real time (the backlog would grow)
+            steps = self._steps(len(run), deadline - now, chunk_s)
             stale = [s for s in run if not s.fresh]
             if now + self.cost.estimate(len(run), steps) <= deadline + chunk_s or not stale:
                 return run, steps
@@ -319,6 +317,15 @@ class Engine:
             self._skip(victim)
         return run, self.max_steps
 
+    def _steps(self, batch: int, budget_s: float, chunk_s: float) -> int:
+        """The most steps in [min_steps, max_steps] whose predicted call meets the first deadline (`budget_s`
+        from now) and keeps up with real time (one call per chunk); none does: min_steps, the least late."""
+        for steps in range(self.max_steps, self.min_steps - 1, -1):
+            seconds = self.cost.estimate(batch, steps)
+            if seconds <= budget_s and seconds <= chunk_s:
+                return steps
+        return self.min_steps
+
     def _skip(self, slot: Slot) -> None:
         """Drop a late session's pending audio: its video holds while it catches up."""
         frames = int(round((self.clock() - self._deadline(slot)) / self.frame_s)) + self.frames_per_chunk
@@ -326,35 +333,77 @@ class Engine:
         self.stats.skipped_frames += frames
         slot.callbacks.on_skip(frames)
 
+    def _ready_time(self, slot: Slot) -> float:
+        """When the audio of the slot's next chunk (its frames and the look-ahead) was complete at the engine."""
+        first = slot.next_time if slot.next_time is not None else 0.0  # session audio time
+        need = (first + (self.frames_per_chunk + self.lookahead_frames) * self.frame_s) * self.sample_rate - 0.5
+        arrivals = slot.arrivals
+        last = None
+        while arrivals and arrivals[0][0] < need:
+            last = arrivals.popleft()
+        if arrivals:
+            return arrivals[0][1]
+        return last[1] if last is not None else self.clock()
+
+    def _sync(self) -> None:
+        """Wait for the device (CUDA returns before its work is done), so the two halves are timed apart."""
+        if self._cuda:
+            import torch  # noqa: PLC0415
+
+            torch.cuda.synchronize(self.pipe.device)
+
     def _run_batch(self, batch: list[Slot]) -> None:
         run, steps = self._plan(batch)
         if not run:
             return
         epochs = [s.epoch for s in run]
+        ready = [self._ready_time(s) for s in run]
         started = self.clock()
         try:
-            chunks = self.pipe.generate([s.stream for s in run], steps=steps)
+            latents = self.pipe.sample([s.stream for s in run], steps=steps)
+            self._sync()
+            sampled = self.clock()
+            chunks = self.pipe.decode(latents)
         except Exception as error:  # a failing batch ends its sessions, never the worker
             logger.exception("generate failed for sessions %s", [s.session_id for s in run])
             for slot in run:
                 slot.callbacks.on_error(f"generation failed: {error}", True)
             return
-        elapsed = self.clock() - started
-        self.cost.update(len(run), steps, elapsed)
+        finished = self.clock()
+        self._measure(len(chunks), steps, sampled - started, finished - sampled)
         st = self.stats
         st.batches += 1
-        st.chunks += len(run)
-        st.degraded_chunks += len(run) if steps < self.max_steps else 0
-        st.last_batch, st.last_steps, st.last_generate_s = len(run), steps, elapsed
-        st.generate_seconds.append(elapsed)
+        st.chunks += len(chunks)
+        st.degraded_chunks += len(chunks) if steps < self.max_steps else 0
+        st.last_batch, st.last_steps, st.last_generate_s = len(chunks), steps, finished - started
         by_stream = {id(chunk.stream): chunk for chunk in chunks}  # streams that were not ready are left out
-        for slot, epoch in zip(run, epochs):
+        for slot, epoch, ready_at in zip(run, epochs, ready):
             chunk = by_stream.get(id(slot.stream))
             if chunk is None:
                 continue
             stream_times = np.asarray(chunk.audio_time_s, dtype=np.float64)
             slot.stream_next = float(stream_times[-1]) + self.frame_s
             times = stream_times + slot.time_offset  # session audio time
+            slack = slot.callbacks.deadline(float(times[0])) - finished
+            self._record(slot, {"queue": max(0.0, started - ready_at), "sample": sampled - started,
+                                "decode": finished - sampled, "buffer": max(0.0, slack), "late": max(0.0, -slack)})
             slot.next_time = float(times[-1]) + self.frame_s
             slot.fresh = False
             slot.callbacks.on_chunk(chunk.frames, times, epoch, steps)
+
+    def _measure(self, batch: int, steps: int, sample_s: float, decode_s: float) -> None:
+        """Feed a call to the cost model (the first call of each batch size is a warm-up: left out) and the observer."""
+        if batch == 0:
+            return
+        if batch in self._warm_batches:
+            self.cost.update(batch, steps, sample_s, decode_s)
+        else:
+            self._warm_batches.add(batch)
+        if self.observer is not None:
+            self.observer.generate_call(sample_s + decode_s)
+
+    def _record(self, slot: Slot, stages: dict[str, float]) -> None:
+        if slot.stages is not None:
+            slot.stages.add(stages)
+        if self.observer is not None:
+            self.observer.chunk_stages(stages)

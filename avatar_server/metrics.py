@@ -1,4 +1,7 @@
-"""Prometheus metrics (one registry per app, so tests can run several servers in one process)."""
+"""Prometheus metrics (one registry per app, so tests can run several servers in one process).
+
+The engine reports its calls and each chunk's stage times as they happen (Metrics is its EngineObserver);
+gauges are refreshed when /metrics is read."""
 
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ if TYPE_CHECKING:
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
 GENERATE_BUCKETS = (0.01, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0)
+STAGE_BUCKETS = (0.0, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 
 
 class Metrics:
@@ -41,6 +45,12 @@ class Metrics:
         self.degraded = Gauge("omnilive_engine_degraded_chunks", "chunks generated with fewer steps", registry=r)
         self.generate_seconds = Histogram("omnilive_generate_seconds", "one batched generate call",
                                           buckets=GENERATE_BUCKETS, registry=r)
+        self.stage_seconds = Histogram("omnilive_stage_seconds", "a chunk's time in each stage (docs/server.md)",
+                                       ["stage"], buckets=STAGE_BUCKETS, registry=r)
+        self.cost_fixed = Gauge("omnilive_engine_cost_fixed_seconds", "cost model: fixed seconds of a generate call",
+                                ["batch"], registry=r)
+        self.cost_step = Gauge("omnilive_engine_cost_step_seconds", "cost model: seconds per denoising step",
+                               ["batch"], registry=r)
         self.device_memory = Gauge("omnilive_device_memory_bytes", "memory held on the model's device", ["device"],
                                    registry=r)
         self._last_generated = (time.monotonic(), 0)
@@ -57,6 +67,15 @@ class Metrics:
             if delta > 0:
                 counter.inc(delta)
         self._reported[session.id] = now
+
+    def generate_call(self, seconds: float) -> None:
+        """One batched generate call (engine thread)."""
+        self.generate_seconds.observe(seconds)
+
+    def chunk_stages(self, stages: dict[str, float]) -> None:
+        """One generated chunk's stage seconds (engine thread)."""
+        for stage, seconds in stages.items():
+            self.stage_seconds.labels(stage=stage).observe(seconds)
 
     def session_ended(self, session: "Session", reason: str) -> None:
         self.account(session)
@@ -79,8 +98,11 @@ class Metrics:
         self.batch_size.set(st.last_batch)
         self.steps.set(st.last_steps)
         self.degraded.set(st.degraded_chunks)
-        while st.generate_seconds:
-            self.generate_seconds.observe(st.generate_seconds.popleft())
+        for batch in engine.cost.batch_sizes:
+            split = engine.cost.split(batch)
+            if split is not None:
+                self.cost_fixed.labels(batch=str(batch)).set(split.fixed_s)
+                self.cost_step.labels(batch=str(batch)).set(split.per_step_s)
         self.device_memory.labels(device=str(device)).set(device_memory_bytes(device))
         return generate_latest(self.registry)
 

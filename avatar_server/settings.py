@@ -43,7 +43,8 @@ class EngineSettings(_Section):
     min_steps: int = Field(default=1, gt=0, description="fewest steps before frames are held instead")
     deadline_margin_ms: float = Field(default=10.0, ge=0, description="safety margin on each chunk deadline")
     max_chunks_ahead: int = Field(default=2, gt=0, description="generated chunks a session may buffer")
-    cost_smoothing: float = Field(default=0.3, gt=0, le=1, description="EMA weight of the step-cost estimate")
+    cost_smoothing: float = Field(default=0.3, gt=0, le=1, description="EWMA weight of the cost model's means")
+    stage_window: int = Field(default=128, gt=0, description="chunks in each session's stage p50/p95")
 
 
 class MediaSettings(_Section):

@@ -13,7 +13,7 @@ import contextlib
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 import numpy as np
 from PIL import Image
@@ -48,6 +48,14 @@ class FakeChunk:
     stream: "FakeStream"
     frames: np.ndarray        # uint8 [F, H, W, 3]
     audio_time_s: np.ndarray  # float [F]
+
+
+@dataclass
+class FakeLatents:
+    """A sampled chunk before decoding (the fake draws its frames while sampling)."""
+
+    stream: "FakeStream"
+    chunk: FakeChunk
 
 
 @dataclass(frozen=True)
@@ -181,12 +189,16 @@ class FakeStream:
 
 @dataclass
 class FakePipeline:
-    """Same interface as AvatarPipeline; `step_cost_s` simulates compute per denoising step."""
+    """Same interface as AvatarPipeline; compute is simulated by `sleep`: `sample_cost_s` + steps x `step_cost_s`
+    per sample call, `decode_cost_s` per decode call (tests pass a virtual clock's advance as `sleep`)."""
 
     config: FakeConfig = field(default_factory=FakeConfig)
     step_cost_s: float = 0.0
+    sample_cost_s: float = 0.0
+    decode_cost_s: float = 0.0
+    sleep: Callable[[float], None] = time.sleep
     device: str = "cpu"
-    calls: list[tuple[int, int]] = field(default_factory=list)  # (batch size, steps) per generate
+    calls: list[tuple[int, int]] = field(default_factory=list)  # (batch size, steps) per sample call
     open_streams: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -210,12 +222,21 @@ class FakePipeline:
         with self._lock:
             self.open_streams -= 1
 
-    def generate(self, streams: list[FakeStream], steps: int | None = None) -> list[FakeChunk]:
+    def sample(self, streams: list[FakeStream], steps: int | None = None) -> list[FakeLatents]:
         steps = steps or self.config.steps
         self.calls.append((len(streams), steps))
-        if self.step_cost_s:
-            time.sleep(self.step_cost_s * steps)
-        return [stream.take_chunk() for stream in streams if stream.ready()]
+        cost = self.sample_cost_s + self.step_cost_s * steps
+        if cost:
+            self.sleep(cost)
+        return [FakeLatents(stream, stream.take_chunk()) for stream in streams if stream.ready()]
+
+    def decode(self, latents: list[FakeLatents]) -> list[FakeChunk]:
+        if self.decode_cost_s:
+            self.sleep(self.decode_cost_s)
+        return [latent.chunk for latent in latents]
+
+    def generate(self, streams: list[FakeStream], steps: int | None = None) -> list[FakeChunk]:
+        return self.decode(self.sample(streams, steps))
 
 
 def fake_pipeline(step_cost_s: float = 0.0, **config: Any) -> PipelineHandle:

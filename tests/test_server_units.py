@@ -151,7 +151,7 @@ def test_engine_never_steps_below_what_the_checkpoint_validated() -> None:
     object.__setattr__(pipe.config, "min_steps", 3)  # a checkpoint validated down to 3 steps
     engine = Engine(pipe, EngineSettings(min_steps=1, deadline_margin_ms=0), steps=4)
     assert engine.min_steps == 3
-    engine.cost.update(batch=1, steps=4, seconds=1.2)  # far slower than real time at every step count
+    engine.cost.update(batch=1, steps=4, sample_s=1.2, decode_s=0.0)  # far slower than real time at every step count
     late = Collector(-0.5)
     slot = make_slot(pipe, late, "late")
     slot.stream = pipe.open_stream(slot.reference)
@@ -163,7 +163,7 @@ def test_engine_never_steps_below_what_the_checkpoint_validated() -> None:
 def test_engine_uses_fewer_steps_then_holds_frames_when_late() -> None:
     pipe = FakePipeline()
     engine = Engine(pipe, EngineSettings(min_steps=1, deadline_margin_ms=0), steps=4)
-    engine.cost.update(batch=1, steps=4, seconds=0.12)            # 30 ms per step: 4 steps keep up (160 ms chunks)
+    engine.cost.update(batch=1, steps=4, sample_s=0.12, decode_s=0.0)  # 30 ms per step: 4 steps keep up (160 ms chunks)
     on_time, tight, late = Collector(1.0), Collector(0.07), Collector(-0.5)
     slots = [make_slot(pipe, c, n) for c, n in ((on_time, "a"), (tight, "b"), (late, "c"))]
     for slot in slots:
@@ -174,7 +174,7 @@ def test_engine_uses_fewer_steps_then_holds_frames_when_late() -> None:
     assert engine._plan([slots[2]]) == ([], 4)                    # hopeless: backlog dropped, frames held
     assert late.skipped > 0 and slots[2].fresh
     assert engine._plan([slots[2]]) == ([slots[2]], 1)            # the fresh chunk runs, as fast as it can
-    engine.cost.update(batch=1, steps=4, seconds=1.2)             # now slower than real time at 4 and 2 steps
+    engine.cost.update(batch=1, steps=4, sample_s=1.2, decode_s=0.0)   # now slower than real time at 4 and 2 steps
     assert engine._plan([slots[0]])[1] == 1                       # fewer steps before the backlog grows
 
 
