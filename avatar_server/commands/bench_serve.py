@@ -1,8 +1,9 @@
 """`omnilive bench serve`: N aiortc clients stream a WAV as their microphone to a live server.
 
 Prints delivered fps per session (frames received, and freshly generated frames shown), latency
-p50/p95 (audio arrival -> frame sent, from the server), first-frame time, server CPU and RSS;
-`--find-capacity` searches the largest N where every session keeps >= 0.95 x the target fps.
+p50/p95 (audio arrival -> frame sent, from the server), first-frame time, each session's stage
+p50/p95 (queue, sample, decode, buffer, late: docs/server.md), the engine's cost model, server CPU
+and RSS; `--find-capacity` searches the largest N where every session keeps >= 0.95 x the target fps.
 """
 
 from __future__ import annotations
@@ -170,6 +171,7 @@ async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float
             elapsed = time.monotonic() - started
             cpu_after, client_after = server.cpu_times(), psutil.Process().cpu_times()
             after = await _server_stats(http, peers)
+            cost = await _cost_model(http)
         finally:
             for peer in peers:
                 if peer.session:
@@ -188,6 +190,7 @@ async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float
             "held_frames": stats["held_frames"] - first["stats"]["held_frames"],
             "dropped_frames": stats["dropped_frames"] - first["stats"]["dropped_frames"],
             "steps": stats["steps"], "playout_delay_ms": stats["playout_delay_ms"],
+            "stages": stats.get("stages"),
         })
     target = after[0]["stats"]["target_fps"]
     p50s = [r["latency_ms_p50"] for r in rows if r["latency_ms_p50"] is not None]
@@ -204,8 +207,29 @@ async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float
         "client_cpu_percent": round(100 * _cpu_seconds(client_cpu, client_after) / elapsed, 1),
         "server_rss_mb": round(server.memory_info().rss / 2**20, 1),
         "ok": all(r["fps"] >= floor and r["generated_fps"] >= floor for r in rows),
+        "cost_model": cost,
         "per_session": rows,
     }
+
+
+async def _cost_model(http: Any) -> dict[str, dict[str, float]] | None:
+    """The engine's cost model from /metrics: {batch size: {"fixed_ms", "per_step_ms"}}; None when unreadable."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        response = await http.get("/metrics")
+    except httpx.HTTPError:
+        return None
+    if response.status_code != 200:
+        return None
+    names = {"omnilive_engine_cost_fixed_seconds": "fixed_ms", "omnilive_engine_cost_step_seconds": "per_step_ms"}
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(response.text):
+        for sample in family.samples:
+            if sample.name in names:
+                out.setdefault(sample.labels["batch"], {})[names[sample.name]] = round(sample.value * 1000, 2)
+    return out
 
 
 def _cpu_seconds(before: Any, after: Any) -> float:
@@ -267,4 +291,10 @@ def _print_human(result: dict[str, Any]) -> None:
                      f"generated fps min {result.get('generated_fps_min')}, latency p50 "
                      f"{result.get('latency_ms_p50')} ms / p95 {result.get('latency_ms_p95')} ms, server CPU "
                      f"{result.get('server_cpu_percent')} %, RSS {result.get('server_rss_mb')} MB")
+        for i, row in enumerate(result.get("per_session", [])):
+            stages = ", ".join(f"{name} {v['p50_ms']}/{v['p95_ms']}" for name, v in (row.get("stages") or {}).items())
+            lines.append(f"  session {i}: steps {row['steps']}, stages p50/p95 ms: {stages or 'not reported'}")
+        for batch, split in (result.get("cost_model") or {}).items():
+            lines.append(f"  cost model, batch {batch}: {split.get('fixed_ms')} ms fixed + "
+                         f"{split.get('per_step_ms')} ms per step")
     sys.stdout.write("\n".join(lines) + "\n")
