@@ -389,6 +389,7 @@ class Session:
             "latency_ms_p95": None if p95 is None else round(p95 * 1000, 1),
             "dropped_frames": self.frames.dropped, "held_frames": self.counters.frames_held + self.skipped_frames,
             "steps": self.steps_used, "playout_delay_ms": round(self.clock.delay * 1000, 1),
+            "stages": self.slot.stage_summary(),
         }
 
     async def _stats(self) -> None:

@@ -20,6 +20,7 @@ from model.train.metrics import (
     loudness_envelope,
     mouth_box,
     mouth_box_at,
+    mouth_change,
     mouth_openness,
     pearson,
     seam_ratio,
@@ -112,6 +113,9 @@ def test_human_voice_figure_follows_the_loudness() -> None:
     assert abs(static["corr"]) < 0.1
     noisy = np.random.default_rng(3).integers(0, 255, still.shape).astype(np.uint8)
     assert abs(voice_figures(mouth_openness(noisy, [box] * len(noisy)), loudness)["corr"]) < 0.35
+    shut = _face_video(np.zeros(1))[0][0]  # the avatar's still image: mouth closed
+    assert voice_figures(mouth_change(video, shut, box), loudness)["corr"] > 0.9
+    assert abs(voice_figures(mouth_change(still, shut, box), loudness)["corr"]) < 0.1
 
 
 def _write_wav(path: Path, seconds: float, rate: int = 48000, seed: int = 0) -> None:

@@ -98,6 +98,9 @@ async def test_frames_paced_and_lips_in_sync_with_returned_audio() -> None:
     assert agreement > 0.85, f"mouth does not follow the returned audio (agreement {agreement:.2f})"
     assert abs(lag) <= FRAME_S, f"lips and voice are {lag * 1000:.0f} ms apart"
     assert info["stats"]["latency_ms_p50"] is not None
+    stages = info["stats"]["stages"]
+    assert {"queue", "sample", "decode"} <= set(stages), f"the stats say where the time goes: {stages}"
+    assert all(0 <= stage["p50_ms"] <= stage["p95_ms"] for stage in stages.values())
 
 
 @pytest.mark.parametrize("how", ["events_interrupt", "audio_clear"])

@@ -85,3 +85,27 @@ def test_bad_training_config_is_a_clear_error(tmp_path: Path, capsys: pytest.Cap
     bad.write_text(CONFIG.read_text().replace("crop: 64", "crpo: 64"))
     assert main(["train", "--config", str(bad)]) == 2
     assert "crpo" in capsys.readouterr().err
+
+
+def test_frame_pack_carries_the_same_frames_and_trains(toy: Path, tmp_path: Path) -> None:
+    """A frame pack (videos + picks + weights) reads back to the pool built from the dataset, and trains."""
+    from model.train.config import load_train_config
+    from model.train.vae_trainer import frame_pools, pack_frames
+
+    config = load_train_config(CONFIG, {"data.root": str(toy), "run.output_dir": str(tmp_path / "unused")})
+    pack_frames(config, tmp_path / "pack")
+    built = frame_pools(config)
+    packed = frame_pools(config.model_copy(update={"data": config.data.model_copy(update={"pack": str(tmp_path / "pack")})}))
+    for a, b in zip(built, packed):
+        assert len(a.frames) == len(b.frames) > 0
+        assert all(torch.equal(x, y) for x, y in zip(a.frames, b.frames))
+        assert all(torch.equal(x, y) for x, y in zip(a.weights, b.weights))
+    assert _train(toy, tmp_path / "run", 3, ("--set", f"data.pack={tmp_path / 'pack'}")) == 0
+    assert json.loads((tmp_path / "run" / "final" / "metrics.json").read_text())["steps"] == 3
+
+
+def test_time_budget_ends_training_early_with_a_final_folder(toy: Path, tmp_path: Path) -> None:
+    """run.max_seconds: the run stops once the budget (paced after 120 steps) is spent and still exports."""
+    assert _train(toy, tmp_path / "run", 100000, ("--set", "run.max_seconds=0.5", "--set", "run.checkpoint_every=100000")) == 0
+    steps = json.loads((tmp_path / "run" / "final" / "metrics.json").read_text())["steps"]
+    assert 120 <= steps < 100000

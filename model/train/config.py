@@ -76,6 +76,7 @@ class VaeLossConfig(_Strict):
     mouth_weight: float = 4.0
     hand_weight: float = 3.0
     face_weight: float = 1.5
+    eye_weight: float = Field(1.0, description="the eyes' boxes (small: a few pixels at 128 px, and what a viewer looks at)")
     region_margin: float = 0.35
     latent_l2: float = 1e-4
 

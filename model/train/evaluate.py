@@ -42,8 +42,8 @@ from model.media import Mp4Writer, load_audio, load_image
 from model.pipeline import FALLBACK_MOUTH, AvatarPipeline, ReferenceFeatures, StreamOptions
 from model.train.frames import bucket_size, resize_frames
 from model.train.metrics import (
-    MIN_SILENT_RUN, SILENT_EDGE, appearance_similarity, loudness_envelope, mouth_box, mouth_box_at, mouth_openness,
-    pearson, psnr, seam_ratio, shut_reading, silence_ratio, silent_mask, ssim, stillness, uint8_to_float, voice_figures,
+    MIN_SILENT_RUN, SILENT_EDGE, appearance_similarity, loudness_envelope, mouth_box, mouth_box_at, mouth_change,
+    mouth_openness, pearson, psnr, seam_ratio, shut_reading, silence_ratio, silent_mask, ssim, stillness, uint8_to_float, voice_figures,
 )
 
 # MIN_SILENT_RUN, SILENT_EDGE and silent_mask moved to metrics; they stay importable from here
@@ -413,6 +413,8 @@ def human_voice(pipe: AvatarPipeline, reference_image: Path | np.ndarray, record
     envelope = loudness_envelope(audio, per_frame, frames)
     openness = mouth_openness(video, [pixel_box] * len(video))
     figures = voice_figures(openness, envelope, silent=frame_pauses(pauses, per_frame, frames))
+    if features.still is not None:  # the still avatar's own mouth-box change, beside the colour-based measure
+        figures["change_corr"] = voice_figures(mouth_change(video, features.still, pixel_box), envelope)["corr"]
     if predicted is not None:  # the motion model's own openness, before the DiT draws it
         figures["predicted_corr"] = voice_figures(predicted, envelope)["corr"]
     logger.info("human voice, %s steps: %s", steps_label(pipe, steps), figures)

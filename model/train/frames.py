@@ -41,6 +41,7 @@ REGIONS: dict[str, tuple[slice, ...]] = {
     "mouth": (kp.LIPS,),
     "hands": (kp.LEFT_HAND, kp.RIGHT_HAND),
     "face": (kp.FACE,),
+    "eyes": (kp.face_part("right_eye"), kp.face_part("left_eye")),
 }
 
 

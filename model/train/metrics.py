@@ -111,6 +111,17 @@ def mouth_openness(frames: np.ndarray, boxes: list[tuple[int, int, int, int]], d
     return values
 
 
+def mouth_change(frames: np.ndarray, still: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
+    """Per frame, the mean absolute change (0..255) inside the mouth box from the avatar's still image.
+
+    A second openness reading for an avatar whose head does not move: it needs no colour rule, so a
+    beard or dark lips that fool the dark-pixel measure (mouth_openness) do not change it.
+    """
+    x0, y0, x1, y1 = box
+    video = np.asarray(frames[:, y0:y1, x0:x1], dtype=np.float32)  # [T, h, w, 3]
+    return np.abs(video - np.asarray(still[y0:y1, x0:x1], dtype=np.float32)).mean(axis=(1, 2, 3))
+
+
 def pearson(a: np.ndarray, b: np.ndarray) -> float:
     """Pearson correlation; 0 when either series is constant."""
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)

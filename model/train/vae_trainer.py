@@ -64,7 +64,7 @@ def select_clips(root: Path, split: str, limit: int | None, framings: list[str] 
 def build_pool(root: Path, entries: list[fmt.IndexEntry], area: int, unit: int, loss: VaeLossConfig, per_clip: int) -> FramePool:
     """Decode the clips, keep `per_clip` evenly spaced frames each, resized to their bucket, with weights."""
     pool = FramePool([], [], [], [])
-    region = {"mouth": loss.mouth_weight, "hands": loss.hand_weight, "face": loss.face_weight}
+    region = {"mouth": loss.mouth_weight, "hands": loss.hand_weight, "face": loss.face_weight, "eyes": loss.eye_weight}
     for entry in entries:
         clip = fmt.load_clip(root, entry.id)
         picks = np.unique(np.linspace(0, len(clip.frames) - 1, num=min(per_clip, len(clip.frames))).round().astype(int))
