@@ -12,7 +12,8 @@ export const ErrorCode = Object.freeze({
   MICROPHONE_UNAVAILABLE: 'microphone_unavailable',
   /** The server could not be reached (network down, DNS, refused, CORS, timeout). */
   SERVER_UNREACHABLE: 'server_unreachable',
-  /** HTTP 503: the server is full. `retryAfter` holds the seconds to wait (null when not sent). */
+  /** HTTP 503 (the server is full) or 429 (sessions are being created too fast): retry later. `retryAfter`
+   *  holds the seconds to wait (null when not sent). */
   SERVER_BUSY: 'server_busy',
   /** HTTP 401 / 403: the token is missing, wrong or expired. */
   UNAUTHORIZED: 'unauthorized',
@@ -135,10 +136,10 @@ export async function errorFromResponse(response, what) {
   if (status === 401 || status === 403) {
     return new AvatarError(ErrorCode.UNAUTHORIZED, `${what} refused (HTTP ${status}): bad or expired token${suffix}`, { status, detail });
   }
-  if (status === 503) {
+  if (status === 503 || status === 429) {
     const retryAfter = parseRetryAfter(response.headers?.get?.('retry-after'));
     const wait = retryAfter == null ? '' : `; retry in ${retryAfter} s`;
-    return new AvatarError(ErrorCode.SERVER_BUSY, `server busy (HTTP 503)${wait}${suffix}`, { status, detail, retryAfter });
+    return new AvatarError(ErrorCode.SERVER_BUSY, `server busy (HTTP ${status})${wait}${suffix}`, { status, detail, retryAfter });
   }
   if (status === 404) {
     return new AvatarError(ErrorCode.NOT_FOUND, `${what}: not found (HTTP 404)${suffix}`, { status, detail });

@@ -75,6 +75,15 @@ describe('connect errors', () => {
     assert.equal(FakePeerConnection.instances[0].connectionState, 'closed');
   });
 
+  it('429 (session creations rate-limited) -> server_busy with the Retry-After seconds', async () => {
+    env.server.routes['POST /v1/sessions'] = problem(429, 'sessions are being created too fast', { 'retry-after': '2' });
+    const { error, events } = await failing();
+    assert.equal(error.code, ErrorCode.SERVER_BUSY);
+    assert.equal(error.status, 429);
+    assert.equal(error.retryAfter, 2);
+    assertErrorThenClosed(events, ErrorCode.SERVER_BUSY);
+  });
+
   it('503 without Retry-After -> server_busy with retryAfter null', async () => {
     env.server.routes['POST /v1/sessions'] = problem(503, 'full');
     const { error } = await failing();
