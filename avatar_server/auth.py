@@ -143,10 +143,3 @@ class Authenticator:
         if not live:
             raise unauthorized("this session token's session has ended")
         return grant
-
-
-def bearer(header: str | None) -> str | None:
-    """The credential in an Authorization header, if it is a Bearer one."""
-    if header and header[:7].lower() == "bearer ":
-        return header[7:].strip()
-    return None

@@ -55,10 +55,6 @@ class Avatar:
     idle: np.ndarray        # uint8 [H, W, 3]: shown before the first chunk and faded to on barge-in: the model's
                             # shut-mouth frame when it has one (no jump to the generated look), else the cropped reference
 
-    def public(self) -> dict[str, Any]:
-        return {"id": self.id, "name": self.name, "width": self.width, "height": self.height,
-                "created": self.created, "builtin": self.builtin}
-
 
 def idle_frame(reference: Any) -> np.ndarray:
     """The avatar's idle image: the model's own shut-mouth frame (`still`), else the cropped reference."""

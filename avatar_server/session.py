@@ -25,18 +25,16 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
 from avatar_server.audio import AudioHistory, Inbox, Resampler
-from avatar_server.engine import Engine, Slot, SlotCallbacks
+from avatar_server.engine import Engine
+from avatar_server.events import INTERNAL_ERROR, Event, Listeners, SessionState, error_event, state_event
 from avatar_server.liveness import REPORT_WAIT_S, PeerWatch
 from avatar_server.playout import FrameQueue, PlayoutClock
 from avatar_server.settings import ServerSettings
+from avatar_server.slot import Slot, SlotCallbacks
 from avatar_server.tracks import AvatarAudioTrack, AvatarVideoTrack, TrackCounters
 from avatar_server.vad import VoiceWorker
 
 logger = logging.getLogger(__name__)
-
-EVENT_QUEUE_SIZE = 256
-INTERNAL_ERROR = {"type": "error", "code": "internal_error",
-                  "detail": "the server hit an internal error; the session ends"}
 
 
 @dataclass(frozen=True)
@@ -69,7 +67,7 @@ class Session:
         self.options = options
         self.rate = sample_rate
         self.created = time.monotonic()
-        self.state = "connecting"
+        self.state = SessionState.CONNECTING
         self.closed = False
         self.close_reason: str | None = None
         self.epoch = 0
@@ -79,7 +77,7 @@ class Session:
         self.ended = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
         self.watch = PeerWatch(pc, settings.sessions.peer_timeout_s)
-        self.listeners: set[asyncio.Queue] = set()
+        self.listeners = Listeners()
         self._had_listener = False
         self._on_closed = on_closed
         self._on_latency_global = on_latency
@@ -145,7 +143,7 @@ class Session:
         """Peer connection state changes (registered by the manager)."""
         if state == "connected":
             self.connected.set()
-            self._set_state("idle")
+            self._set_state(SessionState.IDLE)
         elif state in ("failed", "closed"):
             self.spawn(self.close(f"peer_{state}"), "close")
 
@@ -180,10 +178,9 @@ class Session:
             self.frames.clear()
             self.inbox.clear()
         finally:  # whatever failed above, the session is gone for its sockets and the manager
-            self._set_state("closed")
+            self._set_state(SessionState.CLOSED)
             self.ended.set()
-            for queue in list(self.listeners):
-                self.offer(queue, None)
+            self.listeners.emit(None)
             self._on_closed(self, reason)
 
     async def _lifetime(self) -> None:
@@ -196,7 +193,7 @@ class Session:
             return
         remaining = sessions.max_duration_s - (time.monotonic() - self.created)
         await asyncio.sleep(max(0.0, remaining))
-        self.emit({"type": "error", "code": "duration_limit", "detail": "session reached its maximum duration"})
+        self.emit(error_event("duration_limit", "session reached its maximum duration"))
         self.spawn(self.close("duration_limit"), "close")
 
     async def _liveness(self) -> None:
@@ -314,7 +311,7 @@ class Session:
         self.skipped_frames += frames
 
     def _on_engine_error(self, detail: str, fatal: bool) -> None:
-        self.emit({"type": "error", "code": "engine_error", "detail": detail})
+        self.emit(error_event("engine_error", detail))
         if fatal:
             self.spawn(self.close("engine_error"), "close")
 
@@ -328,40 +325,30 @@ class Session:
         if self.closed or not self.connected.is_set():
             return
         if self.speaking:
-            state = "speaking"
+            state = SessionState.SPEAKING
         elif now - self._last_input < self.settings.media.idle_after_ms / 1000:
-            state = "silent"
+            state = SessionState.SILENT
         else:
-            state = "idle"
+            state = SessionState.IDLE
         self._set_state(state)
 
-    def _set_state(self, state: str) -> None:
+    def _set_state(self, state: SessionState) -> None:
         if state != self.state:
             self.state = state
-            self.emit({"type": "state", "state": state})
+            self.emit(state_event(state))
 
-    def emit(self, event: dict[str, Any]) -> None:
+    def emit(self, event: Event) -> None:
         """Send an event to every connected events socket."""
-        for queue in list(self.listeners):
-            self.offer(queue, event)
+        self.listeners.emit(event)
 
-    @staticmethod
-    def offer(queue: asyncio.Queue, event: dict[str, Any] | None) -> None:
-        if queue.full():  # a slow reader loses its oldest event, never blocks the session
-            queue.get_nowait()
-        queue.put_nowait(event)
-
-    def attach(self) -> asyncio.Queue:
+    def attach(self) -> asyncio.Queue[Event | None]:
         """A new events socket: it gets the current state first."""
-        queue: asyncio.Queue = asyncio.Queue(EVENT_QUEUE_SIZE)
-        self.listeners.add(queue)
         self._had_listener = True
-        queue.put_nowait({"type": "state", "state": self.state})
-        return queue
+        return self.listeners.add(state_event(self.state))
 
-    def detach(self, queue: asyncio.Queue) -> None:
+    def detach(self, queue: asyncio.Queue[Event | None]) -> None:
         """An events socket went away; with none left and a silent peer, the session ends after the grace period."""
-        self.listeners.discard(queue)
+        self.listeners.remove(queue)
         if not self.listeners and self._had_listener and not self.closed:
             self.spawn(self._grace(time.time()), "grace")
 
@@ -378,7 +365,7 @@ class Session:
         if not self.listeners:
             await self.close("events_disconnected")
 
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> Event:
         """The stats event (also used by the bench)."""
         values = list(self.latencies)
         p50, p95 = percentile(values, 50), percentile(values, 95)

@@ -7,9 +7,10 @@ import pytest
 from prometheus_client import generate_latest
 
 from avatar_server.cost_model import CostModel
-from avatar_server.engine import Engine, Slot, SlotCallbacks
+from avatar_server.engine import Engine
 from avatar_server.metrics import Metrics
 from avatar_server.settings import EngineSettings
+from avatar_server.slot import Slot, SlotCallbacks
 from avatar_server.testing import FakeConfig, FakePipeline, FakeStreamOptions
 
 CHUNK_S = 0.08  # 2 frames at 25 fps

@@ -11,9 +11,10 @@ import pytest
 
 from avatar_server.audio import AudioHistory, Inbox, PCM16Decoder
 from avatar_server.auth import Authenticator
-from avatar_server.engine import Engine, Slot, SlotCallbacks
+from avatar_server.engine import Engine
 from avatar_server.playout import FrameQueue, PlayoutClock
 from avatar_server.settings import AuthSettings, EngineSettings, MediaSettings, VADSettings
+from avatar_server.slot import Slot, SlotCallbacks
 from avatar_server.testing import FakePipeline, FakeStreamOptions
 from avatar_server.vad import VoiceWorker
 from model.errors import InputError

@@ -1,0 +1,44 @@
+"""Avatar images: upload (validated, reference features computed once), list, delete."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from avatar_server.problems import Problem
+from avatar_server.routes import API_PREFIX
+from avatar_server.routes.dependencies import State, authorized
+from avatar_server.schemas import AvatarInfo, AvatarList
+
+router = APIRouter(prefix=f"{API_PREFIX}/avatars", tags=["avatars"], dependencies=[Depends(authorized)])
+
+
+@router.post("", status_code=201,
+             responses={413: {"description": "too many bytes or pixels"}, 415: {"description": "not PNG/JPEG/WebP"},
+                        422: {"description": "corrupt, empty or too small"}})
+async def upload_avatar(request: Request, response: Response, state: State, name: str | None = None) -> AvatarInfo:
+    """Upload an image: multipart/form-data field `image` (+ `name`), or the raw image bytes as the body."""
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form(max_files=1, max_fields=4)
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise Problem(422, "multipart upload needs a file field named 'image'", code="missing_image")
+        data = await upload.read()
+        field_name = form.get("name")
+        name = field_name if isinstance(field_name, str) and field_name else name
+    else:
+        data = await request.body()
+    avatar = await state.avatars.add(data, name)
+    response.headers["Location"] = f"{API_PREFIX}/avatars/{avatar.id}"
+    return AvatarInfo.model_validate(avatar)
+
+
+@router.get("")
+async def list_avatars(state: State) -> AvatarList:
+    return AvatarList(avatars=[AvatarInfo.model_validate(a) for a in state.avatars.list()])
+
+
+@router.delete("/{avatar_id}", status_code=204)
+async def delete_avatar(avatar_id: str, state: State) -> Response:
+    state.avatars.delete(avatar_id)
+    return Response(status_code=204)
