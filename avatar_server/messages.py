@@ -58,7 +58,8 @@ class Pose(BaseModel):
             raise InputError("this model takes no pose")
         if len(self.keypoints) != expected:
             raise InputError(f"keypoints must be a list of {expected} [x, y, visibility] triples")
-        keypoints = np.asarray(self.keypoints, dtype=np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: inf, refused below
+            keypoints = np.asarray(self.keypoints, dtype=np.float32)
         if not np.isfinite(keypoints).all():
             raise InputError("keypoints must be finite numbers")
         return keypoints
