@@ -59,10 +59,10 @@ class Listeners:
     def emit(self, event: Event | None) -> None:
         """`event` to every socket; None: the session ended."""
         for queue in list(self._queues):
-            offer(queue, event)
+            enqueue(queue, event)
 
 
-def offer(queue: asyncio.Queue[Event | None], event: Event | None) -> None:
+def enqueue(queue: asyncio.Queue[Event | None], event: Event | None) -> None:
     """Queue an event without waiting: a full queue drops its oldest event, never blocks the session."""
     if queue.full():
         queue.get_nowait()

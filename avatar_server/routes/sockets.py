@@ -13,13 +13,13 @@ import asyncio
 import contextlib
 import json
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from avatar_server.audio import PCM16Decoder
-from avatar_server.auth import Grant
-from avatar_server.events import INTERNAL_ERROR, Event, error_event, offer
+from avatar_server.events import INTERNAL_ERROR, Event, enqueue, error_event
 from avatar_server.messages import (
     Clear,
     Flush,
@@ -51,24 +51,20 @@ router = APIRouter(prefix=f"{API_PREFIX}/sessions/{{session_id}}")
 @router.websocket("/events")
 async def events(ws: WebSocket, session_id: str, state: State) -> None:
     """State/stats/error events out; interrupt, set_text and pose in."""
-    opened = await _open_socket(state, ws, session_id)
-    if opened is None:
+    if (socket := await _open_socket(state, ws, session_id)) is None:
         return
-    session, grant = opened
-    limits = state.settings.limits
+    session = socket.session
     queue = session.attach()
-    sender = asyncio.create_task(_send_events(ws, queue, grant.expires))
-    limiter = RateLimiter(limits.max_ws_messages_per_s, limits.ws_burst)
+    sender = asyncio.create_task(_send_events(ws, queue, socket.expires))
     try:
         while not sender.done() and (message := await _receive(ws)) is not None:
-            problem = _receive_guard(state, message, limiter)
             try:
-                reply = error_event(problem, "message dropped") if problem else _command(state, session, message)
+                reply = socket.over_limit(message) or _command(state, session, message)
             except Exception as error:  # noqa: BLE001 - a bug, not the client's message: logged, the session ends
                 session.fail("events command", error)
                 continue
             if reply is not None:
-                offer(queue, reply)
+                enqueue(queue, reply)
     finally:
         sender.cancel()
         await asyncio.gather(sender, return_exceptions=True)
@@ -78,24 +74,20 @@ async def events(ws: WebSocket, session_id: str, state: State) -> None:
 @router.websocket("/audio")
 async def audio(ws: WebSocket, session_id: str, state: State) -> None:
     """PCM16 LE mono binary messages at ?sample_rate=; {"type": "flush"} and {"type": "clear"}."""
-    opened = await _open_socket(state, ws, session_id)
-    if opened is None:
+    if (socket := await _open_socket(state, ws, session_id)) is None:
         return
-    session, grant = opened
-    limits = state.settings.limits
+    session, limits = socket.session, state.settings.limits
     rate_text = ws.query_params.get("sample_rate", "16000")
     if not rate_text.isdigit() or not 8000 <= int(rate_text) <= limits.max_ws_sample_rate:
         await ws.send_json(error_event("bad_sample_rate", f"sample_rate must be 8000..{limits.max_ws_sample_rate}"))
         await ws.close(code=WS_POLICY_VIOLATION)
         return
     decoder = PCM16Decoder(int(rate_text), session.rate)
-    limiter = RateLimiter(limits.max_ws_messages_per_s, limits.ws_burst)
-    closer = asyncio.create_task(_close_when_ended(ws, session, grant.expires))
+    closer = asyncio.create_task(_close_when_ended(ws, session, socket.expires))
     try:
         while (message := await _receive(ws)) is not None:
-            problem = _receive_guard(state, message, limiter)
             try:
-                reply = error_event(problem, "message dropped") if problem else _audio(session, decoder, message)
+                reply = socket.over_limit(message) or _audio(session, decoder, message)
             except Exception as error:  # noqa: BLE001 - a bug, not the client's message: logged, the session ends
                 session.fail("audio message", error)
                 reply = INTERNAL_ERROR
@@ -106,7 +98,26 @@ async def audio(ws: WebSocket, session_id: str, state: State) -> None:
         await asyncio.gather(closer, return_exceptions=True)
 
 
-async def _open_socket(state: ServerState, ws: WebSocket, session_id: str) -> tuple[Session, Grant] | None:
+@dataclass
+class OpenSocket:
+    """A socket that passed its checks: its session, when its credential expires, its message limits."""
+
+    session: Session
+    expires: float | None  # wall clock (None: never)
+    max_bytes: int
+    limiter: RateLimiter
+
+    def over_limit(self, message: dict[str, Any]) -> Event | None:
+        """An error event when the message is over the size or rate limit (it is then dropped)."""
+        size = len(message.get("bytes") or b"") + len((message.get("text") or "").encode())
+        if size > self.max_bytes:
+            return error_event("message_too_large", "message dropped")
+        if not self.limiter.allow():
+            return error_event("rate_limited", "message dropped")
+        return None
+
+
+async def _open_socket(state: ServerState, ws: WebSocket, session_id: str) -> OpenSocket | None:
     """Auth and session lookup; None when refused (the socket is then closed with its code)."""
     token = ws.query_params.get("token") or credential(await BEARER(ws))
     session = state.manager.sessions.get(session_id)
@@ -117,21 +128,12 @@ async def _open_socket(state: ServerState, ws: WebSocket, session_id: str) -> tu
     else:
         if session is not None and not session.closed:
             await ws.accept()
-            return session, grant
+            limits = state.settings.limits
+            return OpenSocket(session, grant.expires, limits.max_ws_message_bytes,
+                              RateLimiter(limits.max_ws_messages_per_s, limits.ws_burst))
         code, reason = WS_NOT_FOUND, "unknown session"
     await ws.accept()
     await ws.close(code=code, reason=reason)
-    return None
-
-
-def _receive_guard(state: ServerState, message: dict[str, Any], limiter: RateLimiter) -> str | None:
-    """An error code when the message is over the size or rate limit."""
-    limits = state.settings.limits
-    size = len(message.get("bytes") or b"") + len((message.get("text") or "").encode())
-    if size > limits.max_ws_message_bytes:
-        return "message_too_large"
-    if not limiter.allow():
-        return "rate_limited"
     return None
 
 

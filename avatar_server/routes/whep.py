@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Depends, Request, Response
 
 from avatar_server.avatars import DEFAULT_AVATAR_ID
@@ -14,7 +16,7 @@ from avatar_server.schemas import SessionRequest
 router = APIRouter(prefix=API_PREFIX, tags=["sessions"], dependencies=[Depends(authorized)])
 
 
-def ice_server_links(servers: list[dict]) -> list[str]:
+def ice_server_links(servers: list[dict[str, Any]]) -> list[str]:
     """The ICE servers as WHEP `Link` values (TURN credentials included)."""
     return [f'<{url}>; rel="ice-server"' + (f'; username="{s["username"]}"; credential="{s["credential"]}"; '
                                              'credential-type="password"' if "username" in s else "")
