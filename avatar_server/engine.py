@@ -159,7 +159,7 @@ class Engine:
 
     def _run(self, torch_threads: int | None) -> None:
         if torch_threads:
-            import torch  # noqa: PLC0415
+            import torch
 
             torch.set_num_threads(torch_threads)
         logger.info("engine worker started (steps %d..%d, max batch %d)", self.min_steps, self.max_steps,
@@ -310,7 +310,7 @@ class Engine:
     def _sync(self) -> None:
         """Wait for the device (CUDA returns before its work is done), so the two halves are timed apart."""
         if self._cuda:
-            import torch  # noqa: PLC0415
+            import torch
 
             torch.cuda.synchronize(self.pipe.device)
 

@@ -13,7 +13,7 @@ DEFAULT_HANGOVER_MS = 200.0  # silence that must pass before speech ends
 
 def load_vad_model() -> torch.nn.Module:
     """A fresh, stateful silero-vad model (shipped in the wheel: no download); one per stream."""
-    import silero_vad  # noqa: PLC0415  (its first import sets torch threads to 1: restore them)
+    import silero_vad
 
     threads = torch.get_num_threads()
     model = silero_vad.load_silero_vad()

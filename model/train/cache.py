@@ -22,12 +22,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
-from model.config import ModelConfig
+from model.conditioning.mouth import MouthBox, mouth_box_from_keypoints
 from model.conditioning.text import TextEncoder
+from model.conditioning.vad import voiced_frames
+from model.config import ModelConfig
 from model.data import format as fmt
 from model.errors import InputError
-from model.conditioning.mouth import MouthBox, mouth_box_from_keypoints
-from model.conditioning.vad import voiced_frames
 from model.guide import MouthBank, build_mouth_bank
 from model.train.features import clip_audio_features, clip_heatmaps
 from model.train.frames import bucket_size, resize_frames

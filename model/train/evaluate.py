@@ -42,11 +42,24 @@ from model.media import Mp4Writer, load_audio, load_image
 from model.pipeline import FALLBACK_MOUTH, AvatarPipeline, ReferenceFeatures, StreamOptions
 from model.train.frames import bucket_size, resize_frames
 from model.train.metrics import (
-    MIN_SILENT_RUN, SILENT_EDGE, appearance_similarity, loudness_envelope, mouth_box, mouth_box_at, mouth_change,
-    mouth_openness, pearson, psnr, seam_ratio, shut_reading, silence_ratio, silent_mask, ssim, stillness, uint8_to_float, voice_figures,
+    SILENT_EDGE,
+    appearance_similarity,
+    loudness_envelope,
+    mouth_box,
+    mouth_box_at,
+    mouth_change,
+    mouth_openness,
+    pearson,
+    psnr,
+    seam_ratio,
+    shut_reading,
+    silence_ratio,
+    silent_mask,
+    ssim,
+    stillness,
+    uint8_to_float,
+    voice_figures,
 )
-
-# MIN_SILENT_RUN, SILENT_EDGE and silent_mask moved to metrics; they stay importable from here
 
 logger = logging.getLogger(__name__)
 

@@ -11,20 +11,20 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from model.conditioning.audio import silence_features
+from model.conditioning.motion import MouthMotion
 from model.config import load_model_config
 from model.data import format as fmt
 from model.dit import OmniHumanDiT
 from model.errors import InputError
 from model.flow import flow_loss, timestep_schedule, velocity_target
-from model.conditioning.motion import MouthMotion
 from model.train.cache import CachedClip, build_cache, load_cache
 from model.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from model.train.config import DitTrainConfig
 from model.train.distributed import DistContext
 from model.train.ema import EMA
 from model.train.export import export_pipeline, shipped_vae
-from model.train.log import TrainLog
 from model.train.features import gated_windows
+from model.train.log import TrainLog
 from model.train.sampling import Batch, StreamingSampleBuilder
 from model.train.schedule import autocast, lr_at, make_optimizer, step_generator
 
