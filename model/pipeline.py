@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from model.blinks import BlinkBank, BlinkSchedule, build_blink_bank, locate_eyes
 from model.conditioning.audio import AudioFeatureBuffer, LocalAudioEncoder
 from model.conditioning.heatmaps import NUM_HEATMAP_CHANNELS, render_heatmaps
 from model.conditioning.motion import MouthMotion
@@ -96,6 +97,7 @@ class ReferenceFeatures:
     image: np.ndarray  # uint8 [H, W, 3], the cropped reference
     mouth_bank: MouthBank | None = None  # guide models: the avatar at several mouth openings
     still: np.ndarray | None = None  # guide models: uint8 [H, W, 3], the frame the model shows with the mouth shut
+    blink: BlinkBank | None = None  # guide models with blinks, when the avatar's eyes were found: its eyes shut
 
     @property
     def height(self) -> int:
@@ -148,6 +150,7 @@ class AvatarStream:
         self._text: torch.Tensor | None = None
         self._pose: torch.Tensor | None = None  # [G, h, w] heatmaps held until changed
         self._guidance = _guidance(options.guidance, pipeline.model_config)
+        self._blinks = BlinkSchedule(options.seed, pipeline.config.fps) if reference.blink is not None else None
         self.closed = False
         self.set_text(options.text)
 
@@ -212,6 +215,8 @@ class AvatarStream:
             if pose is None and self._pose is not None:
                 pose = self._pose[None].expand(f, *self._pose.shape)  # [F, G, h, w]
             openness, guide = self.pipeline.mouth_guide(windows, self.reference)
+            if guide is not None and self.reference.blink is not None and self._blinks is not None:
+                guide = self.reference.blink.apply(guide, self._blinks.closedness(self.state.frame_index, f))
             return ChunkConditions(audio=windows, pose=pose, text=self._text, guidance=self._guidance, guide=guide,
                                    mouth_open=openness)
 
@@ -348,17 +353,24 @@ class AvatarPipeline:
         width = width or self.config.width
         self.model_config.check_size(height, width)
         pixels = cover_crop(_as_pil(image), height, width)  # uint8 [H, W, 3]
-        bank = still = None
+        bank = still = blink = None
         if self.guided:
             guide = self.model_config.guide
-            bank = build_mouth_bank(pixels, mouth or self.locate_mouth(pixels), self.vae.encode, guide.openings,
+            box = mouth or self.locate_mouth(pixels)
+            bank = build_mouth_bank(pixels, box, self.vae.encode, guide.openings,
                                     guide.cell_threshold).to(self.device, self.dit.dtype)
             latents = bank.latents[:1]  # opening 0 is the reference itself
             still = self.vae.decode_uint8(latents).numpy()[0]
+            eyes = locate_eyes(pixels, box) if guide.blinks else None
+            if eyes is not None:
+                blink = build_blink_bank(pixels, eyes, latents[0], self.vae.encode,
+                                         guide.cell_threshold).to(self.device, self.dit.dtype)
+            elif guide.blinks:
+                logger.info("no eyes found above the mouth at %s: this avatar does not blink", box.as_list())
         else:
             latents = self.vae.encode(torch.from_numpy(pixels).permute(2, 0, 1)[None])  # [1, C, h, w]
         latents = latents.expand(self.config.reference_frames, *latents.shape[1:]).contiguous()  # [R, C, h, w]
-        return ReferenceFeatures(latents=latents, image=pixels, mouth_bank=bank, still=still)
+        return ReferenceFeatures(latents=latents, image=pixels, mouth_bank=bank, still=still, blink=blink)
 
     def locate_mouth(self, image: np.ndarray) -> MouthBox:
         """The closed mouth on a cropped reference uint8 [H, W, 3]: the checkpoint's locator (InputError when
