@@ -26,6 +26,7 @@ from model.conditioning.mouth import MouthBox
 EYE_OFFSET = (0.60, -1.18)
 EYE_SIZE = (0.53, 0.36)
 SEARCH = 0.15  # refine each eye within this many mouth widths of its expected place
+DRIFT_COST = 0.2  # luma std a refined spot must gain per mouth width it moves from the expected place
 MIN_CONTRAST = 0.06  # luma std (0..1) an eye must show; below it the picture has no eyes to close there
 PROFILE = (0.5, 0.9, 1.0, 0.8, 0.4, 0.1)  # closedness over the frames of one blink (the studio's, 25 fps)
 FIRST_S, EVERY_S = (0.3, 2.5), (1.8, 5.5)  # first blink after, and between blinks, uniform seconds
@@ -71,9 +72,10 @@ def locate_eyes(image: np.ndarray, mouth: MouthBox) -> tuple[Eye, Eye] | None:
                     continue
                 inside = _ellipse(height, width, eye)
                 contrast = float(luma[inside].std()) if inside.sum() >= 4 else 0.0
-                if best is None or contrast > best[0]:
-                    best = (contrast, eye)
-        if best is None or best[0] < MIN_CONTRAST:
+                score = contrast - DRIFT_COST * float(np.hypot(dx, dy)) / mw
+                if contrast >= MIN_CONTRAST and (best is None or score > best[0]):
+                    best = (score, eye)
+        if best is None:
             return None
         eyes.append(best[1])
     return eyes[0], eyes[1]
