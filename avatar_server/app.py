@@ -13,6 +13,7 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from avatar_server.auth import Authenticator
 from avatar_server.avatars import DEFAULT_AVATAR_ID, AvatarStore
+from avatar_server.clock import SYSTEM_CLOCK, Clock
 from avatar_server.engine import Engine
 from avatar_server.http import BodyLimit
 from avatar_server.metrics import Metrics
@@ -50,14 +51,15 @@ def _freeze_startup_objects() -> None:
     gc.freeze()
 
 
-def build_state(settings: ServerSettings, handle: PipelineHandle) -> ServerState:
-    """The engine, the VAD worker, the avatar store, the session manager, metrics and auth around `handle`."""
+def build_state(settings: ServerSettings, handle: PipelineHandle, clock: Clock = SYSTEM_CLOCK) -> ServerState:
+    """The engine, the VAD worker, the avatar store, the session manager, metrics and auth around `handle`; the
+    engine and the sessions run on `clock`."""
     metrics = Metrics()
-    engine = Engine(handle.pipe, settings.engine, steps=settings.model.steps, observer=metrics)
+    engine = Engine(handle.pipe, settings.engine, steps=settings.model.steps, clock=clock.monotonic, observer=metrics)
     voice = VoiceWorker(settings.vad)
     return ServerState(settings=settings, handle=handle, engine=engine, voice=voice,
                        avatars=AvatarStore(handle.pipe, settings.limits),
-                       manager=SessionManager(settings, engine, voice, handle, metrics), metrics=metrics,
+                       manager=SessionManager(settings, engine, voice, handle, metrics, clock), metrics=metrics,
                        auth=Authenticator(settings.auth))
 
 

@@ -19,13 +19,22 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, assert_never
 
 import numpy as np
 
 from avatar_server.cost_model import CostModel
 from avatar_server.settings import EngineSettings
-from avatar_server.slot import Slot
+from avatar_server.slot import (
+    ClearAudio,
+    CloseStream,
+    EngineCommand,
+    GeneratedChunk,
+    PushAudio,
+    SetStreamPose,
+    SetStreamText,
+    Slot,
+)
 from avatar_server.stages import StageWindow
 
 logger = logging.getLogger(__name__)
@@ -138,11 +147,11 @@ class Engine:
                 slot.stream = stream
         self._wake.set()
 
-    def submit(self, slot: Slot, command: tuple) -> None:
-        """Queue a command for the worker: ("push", pcm, voiced), ("clear",), ("text", t), ("pose", kp), ("close",).
-        Pushes come from one thread per session (the VAD worker); their arrival times feed the `queue` stage."""
-        if command[0] == "push":
-            slot.submitted += command[1].size
+    def submit(self, slot: Slot, command: EngineCommand) -> None:
+        """Queue a command for the worker. Pushes come from one thread per session (the VAD worker); their arrival
+        times feed the `queue` stage."""
+        if isinstance(command, PushAudio):
+            slot.submitted += command.pcm.size
             slot.arrivals.append((slot.submitted, self.clock()))
         slot.commands.append(command)
         self._wake.set()
@@ -151,7 +160,7 @@ class Engine:
         """Close the session's stream and free its slot (idempotent; the worker does the freeing)."""
         if not slot.closed:
             slot.closed = True
-            self.submit(slot, ("close",))
+            self.submit(slot, CloseStream())
         if not self.running:  # no worker: free here
             self._release(slot)
 
@@ -166,13 +175,9 @@ class Engine:
                     self.settings.max_batch)
         try:
             while not self._stop.is_set():
-                self._apply_commands()
-                batch = self._select()
-                if not batch:
+                if not self.step():
                     self._wake.wait(timeout=0.05)
                     self._wake.clear()
-                    continue
-                self._run_batch(batch)
         except Exception as error:  # the worker must never die silently
             logger.exception("engine worker failed")
             self.error = f"{type(error).__name__}: {error}"
@@ -182,6 +187,15 @@ class Engine:
             for slot in slots:
                 self._release(slot)
             logger.info("engine worker stopped")
+
+    def step(self) -> bool:
+        """One round of the worker: apply the queued commands, then generate one batch; False when no stream was
+        ready. The worker thread loops on it; a test on virtual time calls it instead of starting the worker."""
+        self._apply_commands()
+        batch = self._select()
+        if batch:
+            self._run_batch(batch)
+        return bool(batch)
 
     def _apply_commands(self) -> None:
         with self._lock:
@@ -194,30 +208,30 @@ class Engine:
                 try:
                     self._apply(slot, command)
                 except Exception as error:  # a bad command hurts only its session
-                    logger.exception("session %s: command %s failed", slot.session_id, command[0])
-                    slot.callbacks.on_error(f"{command[0]} failed: {error}", False)
+                    logger.exception("session %s: command %s failed", slot.session_id, command.name)
+                    slot.callbacks.on_error(f"{command.name} failed: {error}", False)
                 if slot.released.is_set():
                     break
 
-    def _apply(self, slot: Slot, command: tuple) -> None:
-        kind = command[0]
-        if kind == "close":
+    def _apply(self, slot: Slot, command: EngineCommand) -> None:
+        if isinstance(command, CloseStream):
             self._release(slot)
-        elif slot.closed:
             return
-        elif kind == "push":
-            _, pcm, voiced = command
-            slot.stream.push_audio(pcm, voiced=voiced)
-            slot.pushed += pcm.size
-        elif kind == "clear":
-            self._clear(slot)
-            slot.epoch += 1
-        elif kind == "text":
-            slot.stream.set_text(command[1])
-        elif kind == "pose":
-            slot.stream.set_pose(command[1])
-        else:
-            raise ValueError(f"unknown engine command {kind!r}")
+        if slot.closed:
+            return
+        match command:
+            case PushAudio(pcm=pcm, voiced=voiced):
+                slot.stream.push_audio(pcm, voiced=voiced)
+                slot.pushed += pcm.size
+            case ClearAudio(epoch=epoch):
+                self._clear(slot)
+                slot.epoch = epoch
+            case SetStreamText(text=text):
+                slot.stream.set_text(text)
+            case SetStreamPose(keypoints=keypoints):
+                slot.stream.set_pose(keypoints)
+            case _:
+                assert_never(command)
 
     def _clear(self, slot: Slot) -> None:
         """Drop the stream's pending audio. Audio pushed next drives the stream's next frame, so the
@@ -351,7 +365,7 @@ class Engine:
                                 "decode": finished - sampled, "buffer": max(0.0, slack), "late": max(0.0, -slack)})
             slot.next_time = float(times[-1]) + self.frame_s
             slot.fresh = False
-            slot.callbacks.on_chunk(chunk.frames, times, epoch, steps)
+            slot.callbacks.on_chunk(GeneratedChunk(chunk.frames, times, epoch, steps))
 
     def _measure(self, batch: int, steps: int, sample_s: float, decode_s: float) -> None:
         """Feed a call to the cost model (the first call of each batch size is a warm-up: left out) and the observer."""

@@ -8,7 +8,6 @@ unused slack back slowly, within [min_latency, max_latency].
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -18,15 +17,15 @@ from avatar_server.settings import MediaSettings
 
 
 class PlayoutClock:
-    """Stream audio time <-> monotonic wall time, with an adaptive delay."""
+    """Stream audio time <-> monotonic time (the session's Clock), with an adaptive delay."""
 
-    def __init__(self, settings: MediaSettings, origin: float | None = None) -> None:
+    def __init__(self, settings: MediaSettings, origin: float) -> None:
         self.min_delay = settings.min_latency_ms / 1000.0
         self.max_delay = settings.max_latency_ms / 1000.0
         self.margin = settings.latency_margin_ms / 1000.0
         self.decay_rate = settings.latency_decay_ms_per_s / 1000.0
         self.delay = settings.initial_latency_ms / 1000.0
-        self.origin = time.monotonic() if origin is None else origin
+        self.origin = origin  # when audio time 0 was fed (the session sets it when the peer connects)
         self._min_slack = float("inf")
         self._last_decay = self.origin
 

@@ -24,13 +24,15 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
-from avatar_server.audio import AudioHistory, Inbox, Resampler
+from avatar_server.audio import Resampler
+from avatar_server.clock import Clock, wait_event
 from avatar_server.engine import Engine
 from avatar_server.events import INTERNAL_ERROR, Event, Listeners, SessionState, error_event, state_event
+from avatar_server.feed import AudioFeed
 from avatar_server.liveness import REPORT_WAIT_S, PeerWatch
 from avatar_server.playout import FrameQueue, PlayoutClock
 from avatar_server.settings import ServerSettings
-from avatar_server.slot import Slot, SlotCallbacks
+from avatar_server.slot import GeneratedChunk, SetStreamPose, SetStreamText, Slot, SlotCallbacks
 from avatar_server.tracks import AvatarAudioTrack, AvatarVideoTrack, TrackCounters
 from avatar_server.vad import VoiceWorker
 
@@ -54,11 +56,13 @@ def percentile(values: list[float], q: float) -> float | None:
 
 
 class Session:
-    """A live avatar session; create with SessionManager.create()."""
+    """A live avatar session; create with SessionManager.create(). Its timers, audio feed, playout clock and
+    tracks run on `clock` (avatar_server.clock)."""
 
     def __init__(self, settings: ServerSettings, engine: Engine, voice: VoiceWorker, pc: RTCPeerConnection,
                  options: SessionOptions, reference: Any, idle: np.ndarray, stream_options: Any, sample_rate: int,
-                 on_closed: Callable[["Session", str], None], on_latency: Callable[[float], None]) -> None:
+                 on_closed: Callable[["Session", str], None], on_latency: Callable[[float], None], *,
+                 clock: Clock) -> None:
         self.id = "s_" + secrets.token_hex(8)
         self.settings = settings
         self.engine = engine
@@ -66,11 +70,12 @@ class Session:
         self.pc = pc
         self.options = options
         self.rate = sample_rate
-        self.created = time.monotonic()
+        self.clock = clock
+        self.created = clock.monotonic()
         self.state = SessionState.CONNECTING
         self.closed = False
         self.close_reason: str | None = None
-        self.epoch = 0
+        self.epoch = 0  # barge-ins so far: the one counter of epochs (avatar_server.slot)
         self.interrupted_at: float | None = None
         self.speaking = False
         self.connected = asyncio.Event()
@@ -82,27 +87,24 @@ class Session:
         self._on_closed = on_closed
         self._on_latency_global = on_latency
         self._loop = asyncio.get_running_loop()
-        self._flush = False
-        self._last_input = float("-inf")
 
         media = settings.media
-        block = int(round(media.feed_interval_ms / 1000 * sample_rate))
-        self.clock = PlayoutClock(media)
+        self.feed = AudioFeed(settings, voice, self.id, sample_rate)
+        self.playout = PlayoutClock(media, origin=self.created)
         self.frames = FrameQueue(engine.frame_s)
-        self.history = AudioHistory(sample_rate, media.audio_history_s, block)
-        self.inbox = Inbox(int(settings.limits.max_pending_audio_s * sample_rate))
         self.counters = TrackCounters()
         self.latencies: deque[float] = deque(maxlen=media.latency_window)
         self.generated_frames = 0
         self.steps_used = engine.max_steps
-        self.video = AvatarVideoTrack(self.clock, self.frames, self.history, idle, options.fps,
+        self.video = AvatarVideoTrack(clock, self.playout, self.frames, self.feed.history, idle, options.fps,
                                       (options.width, options.height), self.counters, self._record_latency)
-        self.audio = AvatarAudioTrack(self.clock, self.history, media.av_sync_tolerance_ms / 1000, self.counters)
+        self.audio = AvatarAudioTrack(clock, self.playout, self.feed.history, media.av_sync_tolerance_ms / 1000,
+                                      self.counters)
         self.slot = Slot(
             session_id=self.id, reference=reference, options=stream_options,
             callbacks=SlotCallbacks(
                 on_chunk=self._threadsafe(self._on_chunk), on_skip=self._threadsafe(self._on_skip),
-                deadline=self.clock.wall_time, frames_buffered=lambda: len(self.frames),
+                deadline=self.playout.wall_time, frames_buffered=lambda: len(self.frames),
                 on_error=self._threadsafe(self._on_engine_error)),
         )
         self.skipped_frames = 0
@@ -176,7 +178,7 @@ class Session:
             except (asyncio.TimeoutError, Exception):  # noqa: BLE001 - a broken peer must not block the rest
                 logger.warning("session %s: peer connection did not close cleanly", self.id)
             self.frames.clear()
-            self.inbox.clear()
+            self.feed.inbox.clear()
         finally:  # whatever failed above, the session is gone for its sockets and the manager
             self._set_state(SessionState.CLOSED)
             self.ended.set()
@@ -186,13 +188,11 @@ class Session:
     async def _lifetime(self) -> None:
         """Connect within connect_timeout_s; end at max_duration_s."""
         sessions = self.settings.sessions
-        try:
-            await asyncio.wait_for(self.connected.wait(), sessions.connect_timeout_s)
-        except asyncio.TimeoutError:
+        if not await wait_event(self.clock, self.connected, sessions.connect_timeout_s):
             self.spawn(self.close("connect_timeout"), "close")
             return
-        remaining = sessions.max_duration_s - (time.monotonic() - self.created)
-        await asyncio.sleep(max(0.0, remaining))
+        remaining = sessions.max_duration_s - (self.clock.monotonic() - self.created)
+        await self.clock.sleep(max(0.0, remaining))
         self.emit(error_event("duration_limit", "session reached its maximum duration"))
         self.spawn(self.close("duration_limit"), "close")
 
@@ -225,58 +225,41 @@ class Session:
 
     def put_audio(self, pcm: np.ndarray) -> bool:
         """Queue input audio (mic or WS); False when the pending-audio limit is reached."""
-        if self.closed:
-            return False
-        return self.inbox.put(pcm)
+        return not self.closed and self.feed.put(pcm)
 
     def flush(self) -> None:
         """End of utterance: feed the tail without waiting for the jitter allowance."""
-        self._flush = True
+        self.feed.flush()
 
     def interrupt(self) -> None:
         """Barge-in: drop pending audio, its frames and unplayed speech; fade to idle."""
-        self.interrupted_at = time.monotonic()
-        self.inbox.clear()
+        self.interrupted_at = now = self.clock.monotonic()
+        self.feed.inbox.clear()
         self.epoch += 1
-        self.voice.clear(self.id)
-        playing = self.clock.audio_time(time.monotonic())
+        self.voice.clear(self.id, self.epoch)
+        playing = self.playout.audio_time(now)
         dropped = len(self.frames)  # everything not on screen yet came from the dropped speech
         self.frames.clear()
-        self.history.silence_from(int(round(playing * self.rate)))
+        self.feed.history.silence_from(int(round(playing * self.rate)))
         self.video.fade_to_idle(self.engine.frames_per_chunk)
         logger.debug("session %s interrupted: %d frames dropped", self.id, dropped)
 
     def set_text(self, text: str | None) -> None:
-        self.engine.submit(self.slot, ("text", text))
+        self.engine.submit(self.slot, SetStreamText(text))
 
     def set_pose(self, keypoints: np.ndarray | None) -> None:
-        self.engine.submit(self.slot, ("pose", keypoints))
+        self.engine.submit(self.slot, SetStreamPose(keypoints))
 
     async def _feed(self) -> None:
-        """Once connected, push audio to the stream in real time: input when there is some, silence otherwise."""
-        media = self.settings.media
-        interval = media.feed_interval_ms / 1000
-        jitter = int(media.input_jitter_ms / 1000 * self.rate)
-        lead = int(media.input_lead_ms / 1000 * self.rate)
+        """Once connected, feed audio to the stream in real time (avatar_server.feed)."""
+        interval = self.settings.media.feed_interval_ms / 1000
         await self.connected.wait()  # nothing plays before the peer connects: start the stream clock then
-        origin = self.clock.origin = time.monotonic()
+        origin = self.playout.origin = self.clock.monotonic()
         while True:
-            now = time.monotonic()
-            due = int((now - origin) * self.rate)
-            room = due + lead - self.history.end
-            if room > 0 and self.inbox.size:
-                self._push(self.inbox.take(room), now, detect=True)
-                self._last_input = now  # input audio is being fed (played), not just queued
-            floor = due if self._flush and not self.inbox.size else due - jitter
-            if self.history.end < floor:
-                self._push(np.zeros(floor - self.history.end, np.float32), now, detect=False)
-                self._flush = False
+            now = self.clock.monotonic()
+            self.feed.tick(now - origin, now)
             self._update_state(now)
-            await asyncio.sleep(interval)
-
-    def _push(self, pcm: np.ndarray, now: float, detect: bool) -> None:
-        self.history.write(pcm, now)
-        self.voice.push(self.id, pcm, detect)
+            await self.clock.sleep(interval)
 
     # ------------------------------------------------------------------ engine -> loop
 
@@ -295,17 +278,17 @@ class Session:
                 pass
         return call
 
-    def _on_chunk(self, frames: np.ndarray, times: np.ndarray, epoch: int, steps: int) -> None:
-        if self.closed or epoch != self.epoch:
+    def _on_chunk(self, chunk: GeneratedChunk) -> None:
+        if self.closed or chunk.epoch != self.epoch:  # generated from audio a barge-in dropped
             return
-        self.clock.chunk_arrived(float(times[0]), time.monotonic())
-        self.frames.extend(times, frames)
-        self.generated_frames += len(times)
-        self.steps_used = steps
+        self.playout.chunk_arrived(float(chunk.times[0]), self.clock.monotonic())
+        self.frames.extend(chunk.times, chunk.frames)
+        self.generated_frames += len(chunk.times)
+        self.steps_used = chunk.steps
 
     def _on_voice(self, speaking: bool) -> None:
         self.speaking = speaking
-        self._update_state(time.monotonic())
+        self._update_state(self.clock.monotonic())
 
     def _on_skip(self, frames: int) -> None:
         self.skipped_frames += frames
@@ -326,7 +309,7 @@ class Session:
             return
         if self.speaking:
             state = SessionState.SPEAKING
-        elif now - self._last_input < self.settings.media.idle_after_ms / 1000:
+        elif now - self.feed.last_input < self.settings.media.idle_after_ms / 1000:
             state = SessionState.SILENT
         else:
             state = SessionState.IDLE
@@ -356,7 +339,7 @@ class Session:
         """A closed tab ends its session; a socket someone else opened and closed does not while the peer
         still sends receiver reports after the socket went away."""
         grace = self.settings.sessions.reconnect_grace_s
-        await asyncio.sleep(grace)
+        await self.clock.sleep(grace)
         if self.listeners:
             return
         if self.connected.is_set() and await self.watch.heard_since(detached, max(0.0, REPORT_WAIT_S - grace)):
@@ -375,18 +358,18 @@ class Session:
             "latency_ms_p50": None if p50 is None else round(p50 * 1000, 1),
             "latency_ms_p95": None if p95 is None else round(p95 * 1000, 1),
             "dropped_frames": self.frames.dropped, "held_frames": self.counters.frames_held + self.skipped_frames,
-            "steps": self.steps_used, "playout_delay_ms": round(self.clock.delay * 1000, 1),
+            "steps": self.steps_used, "playout_delay_ms": round(self.playout.delay * 1000, 1),
             "stages": self.slot.stage_summary(),
         }
 
     async def _stats(self) -> None:
         interval = self.settings.sessions.stats_interval_s
-        last_t, last_n, last_fresh = time.monotonic(), 0, 0
+        last_t, last_n, last_fresh = self.clock.monotonic(), 0, 0
         while True:
-            await asyncio.sleep(interval)
-            now, sent, fresh = time.monotonic(), self.counters.frames_sent, self.counters.frames_generated_sent
+            await self.clock.sleep(interval)
+            now, sent, fresh = self.clock.monotonic(), self.counters.frames_sent, self.counters.frames_generated_sent
             self.fps, self.generated_fps = (sent - last_n) / (now - last_t), (fresh - last_fresh) / (now - last_t)
             last_t, last_n, last_fresh = now, sent, fresh
             if not self.speaking:  # give back latency only in silence, where the audio jump is inaudible
-                self.clock.decay(now)
+                self.playout.decay(now)
             self.emit(self.stats())

@@ -12,6 +12,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 
 from avatar_server.avatars import Avatar
+from avatar_server.clock import SYSTEM_CLOCK, Clock
 from avatar_server.engine import Engine
 from avatar_server.metrics import Metrics
 from avatar_server.problems import Problem, internal_problem
@@ -29,11 +30,13 @@ CLIENT_SDP_ERRORS = (ValueError, InvalidAccessError, InvalidStateError, Operatio
 
 
 class SessionManager:
-    """Owns every live session; refuses new ones beyond `sessions.max_sessions`."""
+    """Owns every live session; refuses new ones beyond `sessions.max_sessions`. Sessions run on `clock` (the
+    engine's too)."""
 
     def __init__(self, settings: ServerSettings, engine: Engine, voice: VoiceWorker, handle: PipelineHandle,
-                 metrics: Metrics) -> None:
+                 metrics: Metrics, clock: Clock = SYSTEM_CLOCK) -> None:
         self.settings = settings
+        self.clock = clock
         self.engine = engine
         self.voice = voice
         self.handle = handle
@@ -107,7 +110,7 @@ class SessionManager:
                 text=options.text, seed=0, steps=self.settings.model.steps, guidance=options.guidance)
             session = Session(self.settings, self.engine, self.voice, pc, options, avatar.reference, avatar.idle,
                               stream_options, int(self.handle.pipe.config.sample_rate), self._closed,
-                              self.metrics.latency.observe)
+                              self.metrics.latency.observe, clock=self.clock)
             self._wire(pc, session)
             await self._negotiate(pc, session, offer_sdp)
             self.sessions[session.id] = session

@@ -1,8 +1,12 @@
-"""A session's place in the engine: what the engine thread keeps per session, and how it reports back.
+"""A session's place in the engine: the commands it takes, what its thread keeps per session, how it reports back.
 
 The event loop creates the Slot (avatar_server.session) and hands it to Engine.add; from then on only the engine
 thread touches its stream and counters, except `commands` (a thread-safe deque others append to) and `submitted`
 / `arrivals` (written by the one thread that submits pushes).
+
+Barge-in epochs have one owner, the session: each interrupt numbers a new epoch and sends it down with its
+ClearAudio; the engine stamps every chunk with the epoch of the last clear it applied, and the session drops
+chunks of an older epoch (generated from audio the interrupt discarded).
 """
 
 from __future__ import annotations
@@ -10,18 +14,75 @@ from __future__ import annotations
 import threading
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import numpy as np
 
 from avatar_server.stages import StageWindow
+
+#################################################################################
+#                         Commands (loop/VAD -> engine)                         #
+#################################################################################
+
+
+@dataclass(frozen=True)
+class PushAudio:
+    """Session audio for the stream, in session order (from the VAD worker)."""
+
+    name: ClassVar[str] = "push"
+    pcm: np.ndarray  # float32 mono at the model's sample rate
+    voiced: bool
+
+
+@dataclass(frozen=True)
+class ClearAudio:
+    """Barge-in: drop the stream's pending audio; chunks generated after it belong to `epoch`."""
+
+    name: ClassVar[str] = "clear"
+    epoch: int
+
+
+@dataclass(frozen=True)
+class SetStreamText:
+    name: ClassVar[str] = "text"
+    text: str | None
+
+
+@dataclass(frozen=True)
+class SetStreamPose:
+    name: ClassVar[str] = "pose"
+    keypoints: np.ndarray | None  # [K, 3]: x, y in [0, 1], visibility
+
+
+@dataclass(frozen=True)
+class CloseStream:
+    """Free the stream and the slot (Engine.remove sends it)."""
+
+    name: ClassVar[str] = "close"
+
+
+EngineCommand = PushAudio | ClearAudio | SetStreamText | SetStreamPose | CloseStream
+
+#################################################################################
+#                            Slot (engine -> loop)                              #
+#################################################################################
+
+
+@dataclass(frozen=True)
+class GeneratedChunk:
+    """Frames the engine generated for a session."""
+
+    frames: np.ndarray  # uint8 [F, H, W, 3]
+    times: np.ndarray   # float [F]: session audio time of each frame
+    epoch: int          # the barge-in epoch the chunk's audio belongs to
+    steps: int          # denoising steps it was generated with
 
 
 @dataclass
 class SlotCallbacks:
     """How the worker reports back (each is called on the worker thread; they must be thread-safe)."""
 
-    on_chunk: Callable[[np.ndarray, np.ndarray, int, int], None]  # frames, session audio times, epoch, steps
+    on_chunk: Callable[[GeneratedChunk], None]
     on_skip: Callable[[int], None]                   # frames not generated (held instead)
     deadline: Callable[[float], float]               # audio time -> monotonic time it plays
     frames_buffered: Callable[[], int]               # generated frames not yet played
@@ -36,9 +97,9 @@ class Slot:
     reference: Any
     options: Any
     callbacks: SlotCallbacks
-    commands: deque = field(default_factory=deque)
+    commands: deque[EngineCommand] = field(default_factory=deque)
     stream: Any = None
-    epoch: int = 0
+    epoch: int = 0                  # of the last ClearAudio applied (the session numbers them)
     pushed: int = 0                 # samples pushed to the stream (session audio time * rate)
     stream_next: float = 0.0        # stream audio time of the next frame
     time_offset: float = 0.0        # session audio time - stream audio time (moves on every clear)

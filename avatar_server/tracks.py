@@ -1,9 +1,10 @@
-"""Outbound media tracks: paced avatar video and the matching, equally delayed audio."""
+"""Outbound media tracks: paced avatar video and the matching, equally delayed audio.
+
+aiortc's senders call `recv` for the next frame/packet; the tracks pace themselves on the session's Clock.
+"""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import Callable
@@ -14,6 +15,7 @@ from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
 
 from avatar_server.audio import PCM16_SCALE, AudioHistory
+from avatar_server.clock import Clock
 from avatar_server.playout import FrameQueue, PlayoutClock, TimedFrame
 
 VIDEO_CLOCK_RATE = 90000
@@ -47,11 +49,11 @@ class AvatarVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, clock: PlayoutClock, frames: FrameQueue, history: AudioHistory, idle: np.ndarray,
-                 fps: float, size: tuple[int, int], counters: TrackCounters,
+    def __init__(self, clock: Clock, playout: PlayoutClock, frames: FrameQueue, history: AudioHistory,
+                 idle: np.ndarray, fps: float, size: tuple[int, int], counters: TrackCounters,
                  on_latency: Callable[[float], None]) -> None:
         super().__init__()
-        self.clock, self.frames, self.history = clock, frames, history
+        self.clock, self.playout, self.frames, self.history = clock, playout, frames, history
         self.idle = idle
         self.frame_s = 1.0 / fps
         self.width, self.height = size
@@ -86,20 +88,20 @@ class AvatarVideoTrack(MediaStreamTrack):
     async def recv(self) -> VideoFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self.started_at is None:
             self.started_at = now
         if self._anchor is None:
             self._anchor = now
         due = self._anchor + self._index * self.frame_s
         if due > now:
-            await asyncio.sleep(due - now)
+            await self.clock.sleep(due - now)
         elif now - due > self.frame_s:  # late: restart the schedule from now, never burst
             self._anchor, due = now - self._index * self.frame_s, now
             self.counters.video_reanchors += 1
         self._index += 1
 
-        playing = self.clock.audio_time(due)
+        playing = self.playout.audio_time(due)
         frame = self.frames.take(playing)
         if frame is not None:
             self._current, self._fade_from = frame, None
@@ -114,7 +116,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         video.pts, video.time_base = pts, Fraction(1, VIDEO_CLOCK_RATE)
         self._last_pts = pts
 
-        sent = time.monotonic()
+        sent = self.clock.monotonic()
         self.counters.frames_sent += 1
         if frame is not None:
             self.counters.frames_generated_sent += 1
@@ -141,10 +143,10 @@ class AvatarAudioTrack(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, clock: PlayoutClock, history: AudioHistory, tolerance_s: float,
+    def __init__(self, clock: Clock, playout: PlayoutClock, history: AudioHistory, tolerance_s: float,
                  counters: TrackCounters) -> None:
         super().__init__()
-        self.clock, self.history = clock, history
+        self.clock, self.playout, self.history = clock, playout, history
         self.rate = history.rate
         self.samples = int(round(AUDIO_PTIME_S * self.rate))
         self.tolerance = int(round(tolerance_s * self.rate))
@@ -157,16 +159,16 @@ class AvatarAudioTrack(MediaStreamTrack):
     async def recv(self) -> AudioFrame:
         if self.readyState != "live":
             raise MediaStreamError
-        now = time.monotonic()
+        now = self.clock.monotonic()
         if self._anchor is None:
             self._anchor = self.started_at = now
         due = self._anchor + self._index * AUDIO_PTIME_S
         if due > now:
-            await asyncio.sleep(due - now)
+            await self.clock.sleep(due - now)
         elif now - due > AUDIO_REANCHOR_S:
             self._anchor, due = now - self._index * AUDIO_PTIME_S, now
 
-        target = int(round(self.clock.audio_time(due) * self.rate))
+        target = int(round(self.playout.audio_time(due) * self.rate))
         if self._position is None or self._position < target - self.tolerance:
             if self._position is not None:
                 self.counters.audio_resyncs += 1

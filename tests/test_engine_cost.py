@@ -10,7 +10,7 @@ from avatar_server.cost_model import CostModel
 from avatar_server.engine import Engine
 from avatar_server.metrics import Metrics
 from avatar_server.settings import EngineSettings
-from avatar_server.slot import Slot, SlotCallbacks
+from avatar_server.slot import PushAudio, Slot, SlotCallbacks
 from avatar_server.testing import FakeConfig, FakePipeline, FakeStreamOptions
 
 CHUNK_S = 0.08  # 2 frames at 25 fps
@@ -69,7 +69,7 @@ class Session:
         self.engine, self.pipe, self.clock = engine, pipe, clock
         self.steps: list[int] = []
         self.skipped = 0
-        callbacks = SlotCallbacks(on_chunk=lambda frames, times, epoch, steps: self.steps.append(steps),
+        callbacks = SlotCallbacks(on_chunk=lambda chunk: self.steps.append(chunk.steps),
                                   on_skip=self._skip, deadline=lambda t: t + PLAYOUT_DELAY_S,
                                   frames_buffered=lambda: 0, on_error=lambda detail, fatal: None)
         self.slot = Slot(session_id="s", reference=pipe.encode_reference(np.zeros((8, 8, 3), np.uint8)),
@@ -84,7 +84,7 @@ class Session:
         self.skipped += frames
 
     def _push(self, frames: int) -> None:
-        self.engine.submit(self.slot, ("push", np.zeros(frames * self.spf, np.float32), False))
+        self.engine.submit(self.slot, PushAudio(np.zeros(frames * self.spf, np.float32), False))
         self.fed += frames
 
     def chunk(self) -> None:
@@ -92,8 +92,7 @@ class Session:
         fps = self.pipe.config.fps
         self.clock.t = max(self.clock.t, (self.fed + self.pipe.config.chunk_frames) / fps)
         self._push(int(self.clock.t * fps + 1e-9) - self.fed)
-        self.engine._apply_commands()
-        self.engine._run_batch(self.engine._select())
+        self.engine.step()
 
 
 def set_load(pipe: FakePipeline, factor: float) -> None:

@@ -14,7 +14,7 @@ from avatar_server.auth import Authenticator
 from avatar_server.engine import Engine
 from avatar_server.playout import FrameQueue, PlayoutClock
 from avatar_server.settings import AuthSettings, EngineSettings, MediaSettings, VADSettings
-from avatar_server.slot import Slot, SlotCallbacks
+from avatar_server.slot import ClearAudio, GeneratedChunk, PushAudio, Slot, SlotCallbacks
 from avatar_server.testing import FakePipeline, FakeStreamOptions
 from avatar_server.vad import VoiceWorker
 from model.errors import InputError
@@ -90,15 +90,15 @@ class Collector:
     """SlotCallbacks that record what the engine reports."""
 
     def __init__(self, deadline_offset: float = 10.0) -> None:
-        self.chunks: list[tuple[np.ndarray, np.ndarray, int, int]] = []
+        self.chunks: list[GeneratedChunk] = []
         self.skipped = 0
         self.errors: list[str] = []
         self.deadline_offset = deadline_offset
         self.got = threading.Event()
 
     def callbacks(self) -> SlotCallbacks:
-        def on_chunk(frames, times, epoch, steps):
-            self.chunks.append((frames, times, epoch, steps))
+        def on_chunk(chunk: GeneratedChunk) -> None:
+            self.chunks.append(chunk)
             self.got.set()
 
         return SlotCallbacks(on_chunk=on_chunk, on_skip=lambda n: setattr(self, "skipped", self.skipped + n),
@@ -118,7 +118,7 @@ def test_engine_batches_sessions_and_keeps_session_time_across_clear() -> None:
     slots = [make_slot(pipe, c, f"s{i}") for i, c in enumerate(collectors)]
     for slot in slots:
         engine.add(slot)
-        engine.submit(slot, ("push", np.zeros(3200, np.float32), False))   # 5 frames: one chunk + look-ahead
+        engine.submit(slot, PushAudio(np.zeros(3200, np.float32), False))  # 5 frames: one chunk + look-ahead
     deadline = time.monotonic() + 5
     while any(slot.stream is None for slot in slots) and time.monotonic() < deadline:  # opened on a side thread
         time.sleep(0.01)
@@ -128,12 +128,12 @@ def test_engine_batches_sessions_and_keeps_session_time_across_clear() -> None:
         assert (2, 2) in pipe.calls                               # one generate call for both sessions
         first = collectors[0]
         first.got.clear()
-        engine.submit(slots[0], ("clear",))                       # drops the 1 pending frame of audio
-        engine.submit(slots[0], ("push", np.zeros(3200, np.float32), False))
+        engine.submit(slots[0], ClearAudio(epoch=1))              # drops the 1 pending frame of audio
+        engine.submit(slots[0], PushAudio(np.zeros(3200, np.float32), False))
         assert first.got.wait(5)
-        times = first.chunks[-1][1]
+        times = first.chunks[-1].times
         assert times[0] == pytest.approx(0.2)                     # session time: 3200 samples already pushed
-        assert first.chunks[-1][2] == 1                           # generated after the clear: new epoch
+        assert first.chunks[-1].epoch == 1                        # generated after the clear: its epoch
         for slot in slots:
             engine.remove(slot)
         for slot in slots:
@@ -185,7 +185,7 @@ def test_vad_worker_gates_speech_and_keeps_push_clear_order() -> None:
 
     speech = load_audio(SPEECH, 16000)
     quiet = np.random.default_rng(0).normal(0, 1e-3, 16000).astype(np.float32)
-    forwarded: list[tuple] = []
+    forwarded: list[PushAudio | ClearAudio] = []
     changes: list[bool] = []
     worker = VoiceWorker(VADSettings())
     worker.start()
@@ -193,7 +193,7 @@ def test_vad_worker_gates_speech_and_keeps_push_clear_order() -> None:
         worker.add("s", forwarded.append, changes.append)
         for block in np.array_split(speech, speech.size // 320):
             worker.push("s", block, True)
-        worker.clear("s")
+        worker.clear("s", epoch=1)
         for block in np.array_split(quiet, 50):
             worker.push("s", block, True)
         worker.release("s")
@@ -202,9 +202,10 @@ def test_vad_worker_gates_speech_and_keeps_push_clear_order() -> None:
             time.sleep(0.05)
     finally:
         worker.stop()
-    kinds = [c[0] for c in forwarded]
-    split = kinds.index("clear")
-    assert split == speech.size // 320 and kinds.count("clear") == 1
-    assert any(c[2] for c in forwarded[:split])                        # speech is voiced
-    assert not any(c[2] for c in forwarded[split + 1:])                # noise after the barge-in is not
+    clears = [i for i, c in enumerate(forwarded) if isinstance(c, ClearAudio)]
+    assert clears == [speech.size // 320] and forwarded[clears[0]] == ClearAudio(epoch=1)
+    split = clears[0]
+    pushes = [c for c in forwarded if isinstance(c, PushAudio)]
+    assert any(c.voiced for c in pushes[:split])                       # speech is voiced
+    assert not any(c.voiced for c in pushes[split:])                   # noise after the barge-in is not
     assert changes[0] is True and changes[-1] is False and worker.active == 0

@@ -1,0 +1,248 @@
+"""A session on virtual time: pacing, lip sync at the tracks, barge-in and the session's timers.
+
+The server's own pieces (SessionManager, Session, playout clock, tracks, engine, VAD worker) run on a VirtualClock;
+what aiortc's senders do is done by two tasks that call the tracks' `recv()` in a loop, and the engine and VAD
+workers are stepped on the test's thread before every instant. Each figure is exact, whatever the machine's load;
+what the real transport adds is measured in test_server_loopback.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+import numpy as np
+import pytest
+from aiortc.mediastreams import MediaStreamError
+from prometheus_client import generate_latest
+
+from avatar_server.app import build_state
+from avatar_server.avatars import DEFAULT_AVATAR_ID
+from avatar_server.events import Event
+from avatar_server.server_state import ServerState
+from avatar_server.session import Session, SessionOptions
+from avatar_server.settings import load_settings
+from avatar_server.testing import TEST_CONFIG, fake_pipeline, read_barcode, read_mouth
+from avatar_server.tracks import AUDIO_PTIME_S, VIDEO_CLOCK_RATE
+from server_helpers import best_lag, envelopes, offer_sdp, tone_bursts
+from virtual_time import VirtualClock
+
+pytestmark = pytest.mark.usefixtures("loopback_ice")  # the session's peer connection gathers loopback candidates
+
+CHUNK_FRAMES = 4  # the fake generator's
+OPEN_WAIT_S = 5.0  # real seconds for the engine's side thread to open the stream
+
+
+@dataclass
+class Sent:
+    """What the tracks handed to the (stand-in) senders, stamped with the virtual time they did."""
+
+    video: list[tuple[float, int, np.ndarray]] = field(default_factory=list)  # (time, pts, rgb [H, W, 3])
+    audio: list[tuple[float, int, np.ndarray]] = field(default_factory=list)  # (time, pts, int16 [n])
+    states: list[tuple[float, str]] = field(default_factory=list)             # (time, state) from the events
+
+
+class VirtualSession:
+    """A session built by the server's SessionManager on a virtual clock, its peer connected by decree."""
+
+    def __init__(self, state: ServerState, clock: VirtualClock, session: Session) -> None:
+        self.state, self.clock, self.session = state, clock, session
+        self.sent = Sent()
+        self.senders: list[asyncio.Task] = []
+        self._events: asyncio.Task | None = None
+
+    def connect(self) -> None:
+        """What aiortc does once ICE and DTLS are up: the state change, then its senders pull media."""
+        self.session.on_connection_state("connected")
+        self._events = asyncio.create_task(self._read_events(self.session.attach()))
+        self.start_senders()
+
+    def start_senders(self) -> None:
+        self.senders = [asyncio.create_task(self._send_video()), asyncio.create_task(self._send_audio())]
+
+    async def stop_senders(self) -> None:
+        for task in self.senders:
+            task.cancel()
+        await asyncio.gather(*self.senders, return_exceptions=True)
+
+    def workers(self) -> None:
+        """The VAD and engine threads' work, done now (their threads are not started)."""
+        self.state.voice.run_pending()
+        self.state.engine.step()
+
+    async def run(self, seconds: float) -> None:
+        await self.clock.run(seconds, self.workers)
+
+    async def ended(self) -> None:
+        """Wait (real time: closing the peer connection is real I/O) until the session has ended."""
+        await asyncio.wait_for(self.session.ended.wait(), OPEN_WAIT_S)
+        self.workers()
+
+    async def close(self) -> None:
+        await self.stop_senders()
+        if self._events is not None:
+            self._events.cancel()
+            await asyncio.gather(self._events, return_exceptions=True)
+
+    async def _send_video(self) -> None:
+        with contextlib.suppress(MediaStreamError):  # the track ends with the session
+            while True:
+                frame = await self.session.video.recv()
+                self.sent.video.append((self.clock.now, frame.pts, frame.to_ndarray(format="rgb24")))
+
+    async def _send_audio(self) -> None:
+        with contextlib.suppress(MediaStreamError):
+            while True:
+                frame = await self.session.audio.recv()
+                self.sent.audio.append((self.clock.now, frame.pts, frame.to_ndarray().reshape(-1)))
+
+    async def _read_events(self, queue: asyncio.Queue[Event | None]) -> None:
+        while (event := await queue.get()) is not None:
+            if event["type"] == "state":
+                self.sent.states.append((self.clock.now, str(event["state"])))
+
+
+@contextlib.asynccontextmanager
+async def virtual_session(fps: int = 25, size: int = 128, connect: bool = True,
+                          sessions: dict[str, float] | None = None) -> AsyncIterator[VirtualSession]:
+    """The fake generator's server state on a virtual clock, and one session in it. The peer watch stays on real
+    time (it reads a real peer's RTCP reports): a long timeout keeps it out of the way."""
+    settings = load_settings(TEST_CONFIG, environ={}, sessions={"peer_timeout_s": 3600, **(sessions or {})})
+    clock = VirtualClock()
+    state = build_state(settings, fake_pipeline(), clock)
+    avatar = await state.avatars.add(settings.path(settings.default_avatar).read_bytes(), "default",
+                                     avatar_id=DEFAULT_AVATAR_ID, builtin=True)
+    session, _ = await state.manager.create(await offer_sdp(), SessionOptions("default", fps, size, size), avatar)
+    live = VirtualSession(state, clock, session)
+    try:
+        waited = 0.0
+        while session.slot.stream is None and waited < OPEN_WAIT_S:  # opened on the engine's side thread
+            await asyncio.sleep(0.01)
+            waited += 0.01
+        assert session.slot.stream is not None, "the engine did not open the stream"
+        if connect:
+            live.connect()
+        yield live
+    finally:
+        await live.close()
+        await state.manager.close_all("shutdown")
+        state.voice.run_pending()
+        state.engine.stop()
+        state.voice.stop()
+
+
+def loud(pcm: np.ndarray, threshold: float) -> bool:
+    return float(np.sqrt(np.mean((pcm.astype(np.float64) / 32768) ** 2))) > threshold
+
+
+@pytest.mark.parametrize("fps, size", [(25, 128), (15, 192)])
+async def test_video_paced_at_the_requested_fps_and_lips_in_sync_with_the_audio(fps: int, size: int) -> None:
+    async with virtual_session(fps, size) as live:
+        live.session.put_audio(tone_bursts(6.0))   # as the microphone or the audio socket would
+        await live.run(5.0)
+        stats = live.session.stats()
+        counters = live.session.counters
+    video, audio = live.sent.video, live.sent.audio
+
+    sent_at = np.array([t for t, _, _ in video])
+    assert len(video) == 5 * fps + 1 and np.allclose(np.diff(sent_at), 1 / fps)   # one frame every 1/fps, no burst
+    assert set(np.diff([pts for _, pts, _ in video])) == {VIDEO_CLOCK_RATE // fps}
+    assert counters.video_reanchors == 0 and counters.frames_held == 0
+    assert np.allclose(np.diff([t for t, _, _ in audio]), AUDIO_PTIME_S)           # a packet every 20 ms
+    assert {img.shape for _, _, img in video} == {(size, size, 3)}
+
+    times = [read_barcode(img) for _, _, img in video[-50:]]
+    assert np.all(np.diff(times) >= 0), "frames leave in audio-time order"
+    mouths = [read_mouth(img) for _, _, img in video]
+    assert max(mouths) > 0.5 and min(mouths) < 0.1
+
+    lips = [(t, read_mouth(img) > 0.5) for t, _, img in video]
+    voice = [(t, loud(pcm, 0.1)) for t, _, pcm in audio]
+    lag, agreement = best_lag(*envelopes(lips, voice, start=sent_at[0] + 1.0))
+    assert agreement > 0.9, f"mouth does not follow the audio (agreement {agreement:.2f})"
+    assert abs(lag) <= 1 / fps, f"lips and voice leave {lag * 1000:.0f} ms apart"
+
+    assert stats["latency_ms_p50"] is not None and stats["dropped_frames"] >= 0
+    assert abs(stats["fps"] - fps) <= 1 / live.state.settings.sessions.stats_interval_s  # one frame per interval
+    assert {"queue", "sample", "decode"} <= set(stats["stages"]), stats["stages"]
+
+
+async def test_a_stalled_sender_makes_the_video_reanchor_instead_of_bursting() -> None:
+    async with virtual_session() as live:
+        await live.run(1.0)
+        await live.stop_senders()               # the sender stalls (a busy loop, a slow encoder) for 300 ms
+        await live.run(0.3)
+        resumed = live.clock.now
+        live.start_senders()
+        await live.run(1.0)
+        reanchors = live.session.counters.video_reanchors
+    after = [t for t, _, _ in live.sent.video if t >= resumed]
+    assert after[0] == pytest.approx(resumed) and np.allclose(np.diff(after), 1 / 25)  # no burst to catch up
+    assert reanchors == 1
+
+
+def assert_quiet(sent: Sent, start: float, end: float) -> None:
+    """Between a barge-in at `start` and `end`: at most one chunk of open mouth, no speech after one chunk."""
+    chunk_s = CHUNK_FRAMES / 25
+    mouths = [read_mouth(img) for t, _, img in sent.video if start < t < end]
+    assert len(mouths) > 25
+    assert sum(mouth > 0.5 for mouth in mouths) <= CHUNK_FRAMES, "open-mouth frames after the barge-in"
+    speech = [t for t, _, pcm in sent.audio if start + chunk_s < t < end and loud(pcm, 0.05)]
+    assert not speech, f"speech still audible after the barge-in: {speech[:3]}"
+
+
+async def test_barge_in_stops_speech_within_one_chunk_and_the_next_speech_shows() -> None:
+    tone = (0.5 * np.sin(2 * np.pi * 300 * np.arange(16000 * 6) / 16000)).astype(np.float32)
+    async with virtual_session() as live:
+        live.session.put_audio(tone)
+        for _ in range(50):
+            await live.run(0.1)
+            if any(read_mouth(img) > 0.5 for _, _, img in live.sent.video[-5:]):
+                break
+        await live.run(0.5)                                       # well into speech
+        barge_ins = []
+        for _ in range(2):                                        # twice: the barge-in epochs stay in step
+            barge_ins.append(live.clock.now)
+            live.session.interrupt()
+            await live.run(1.5)
+            live.session.put_audio(tone[:2 * 16000])              # the next utterance
+            await live.run(1.2)
+        sent = live.sent
+
+    assert_quiet(sent, barge_ins[0], barge_ins[0] + 1.5)
+    assert_quiet(sent, barge_ins[1], barge_ins[1] + 1.5)
+    for start in barge_ins:                                       # the next speech is shown (same epoch again)
+        assert any(read_mouth(img) > 0.5 for t, _, img in sent.video if start + 1.5 < t < start + 2.7)
+    assert "speaking" in [s for t, s in sent.states if t < barge_ins[0]]
+    assert [s for t, s in sent.states if barge_ins[0] < t < barge_ins[0] + 1.5][-1] in ("silent", "idle")
+
+
+async def test_a_session_that_never_connects_ends_at_its_connect_timeout() -> None:
+    async with virtual_session(connect=False) as live:
+        await live.run(live.state.settings.sessions.connect_timeout_s - 0.1)
+        assert not live.session.closed
+        await live.run(0.2)
+        await live.ended()
+        assert live.session.close_reason == "connect_timeout" and not live.state.manager.sessions
+
+
+async def test_a_session_ends_at_its_maximum_duration_and_frees_everything() -> None:
+    async with virtual_session(sessions={"max_duration_s": 3.0}) as live:
+        errors = live.session.attach()
+        await live.run(2.9)
+        assert not live.session.closed and len(live.sent.video) > 2.5 * 25
+        await live.run(0.2)
+        await live.ended()
+        state, session = live.state, live.session
+        assert session.close_reason == "duration_limit"
+        assert not state.manager.sessions and not state.engine.slot_count and not state.handle.pipe.open_streams
+        assert not state.voice.active and not session.tasks
+        events = []
+        while not errors.empty():
+            events.append(errors.get_nowait())
+        assert {"type": "error", "code": "duration_limit",
+                "detail": "session reached its maximum duration"} in events and events[-1] is None
+        metrics = generate_latest(state.metrics.registry).decode()
+        assert 'omnilive_sessions_ended_total{reason="duration_limit"} 1.0' in metrics
