@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.errors import InputError
+from model.yaml_config import load_yaml_config
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "model"
 VAE_DOWNSAMPLE = 8  # AutoencoderTiny with 4 stages: 8x spatial downsampling
@@ -232,14 +232,4 @@ def load_model_config(name_or_path: str | Path) -> ModelConfig:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
         raise InputError(f"model config {str(name_or_path)!r} not found (known: {known}, or a .yaml path)")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise InputError(f"model config {path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"model config {path} must be a YAML mapping")
-    data.setdefault("name", path.stem)
-    try:
-        return ModelConfig.model_validate(data)
-    except ValidationError as exc:
-        raise InputError(f"model config {path} is invalid:\n{exc}") from exc
+    return load_yaml_config(ModelConfig, path, "model config", defaults={"name": path.stem})

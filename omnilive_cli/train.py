@@ -8,11 +8,10 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 from model.errors import InputError
 from model.train.config import DitTrainConfig, LocatorTrainConfig, MotionTrainConfig, load_train_config
 from model.train.distributed import init_distributed, launch, shutdown_distributed
+from model.yaml_config import parse_overrides
 
 logger = logging.getLogger(__name__)
 
@@ -39,17 +38,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", help="torch device (default: cuda:LOCAL_RANK if available, else cpu)")
     parser.add_argument("--json", action="store_true", help="print the final figures as one JSON object")
     parser.set_defaults(func=run)
-
-
-def parse_overrides(pairs: list[str]) -> dict:
-    """["run.steps=100", ...] -> {"run.steps": 100, ...} (values parsed as YAML)."""
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise InputError(f"--set expects KEY=VALUE, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
-    return overrides
 
 
 def train_entry(

@@ -13,8 +13,6 @@ import logging
 import sys
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -33,13 +31,10 @@ def main() -> int:
     from model.train.config import VaeTrainConfig, load_train_config
     from model.train.distributed import init_distributed
     from model.train.vae_trainer import train_vae
+    from model.yaml_config import parse_overrides
 
     try:
-        overrides = {}
-        for pair in args.set:
-            key, _, value = pair.partition("=")
-            overrides[key] = yaml.safe_load(value)
-        config = load_train_config(args.config, overrides)
+        config = load_train_config(args.config, parse_overrides(args.set))
         if not isinstance(config, VaeTrainConfig):
             raise InputError(f"{args.config}: only `kind: vae` configs run here")
         result = train_vae(config, init_distributed(args.device), resume=False)

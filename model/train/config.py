@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from model.errors import InputError
+from model.yaml_config import read_yaml_config, validate_config
 
 CONDITIONS: tuple[str, ...] = ("reference", "text", "audio", "pose")
 
@@ -255,34 +256,12 @@ TrainConfig = VaeTrainConfig | DitTrainConfig | MotionTrainConfig | LocatorTrain
 #                                   Loading                                     #
 #################################################################################
 
-def load_train_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
-    """Read a training YAML into its typed config; problems become InputError with the file name."""
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"training config not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise InputError(f"{path}: not valid YAML ({error})") from error
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: expected a mapping at the top level")
-    for dotted, value in (overrides or {}).items():
-        _set_dotted(raw, dotted, value)
+def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = None) -> TrainConfig:
+    """Read a training YAML (with dotted `overrides`) into its typed config; InputError names the file."""
+    raw = read_yaml_config(path, "training config", overrides)
     kind = raw.get("kind")
     schema = {"vae": VaeTrainConfig, "dit": DitTrainConfig, "motion": MotionTrainConfig,
               "locator": LocatorTrainConfig}.get(kind)
     if schema is None:
-        raise InputError(f"{path}: 'kind' must be 'vae', 'dit', 'motion' or 'locator', got {kind!r}")
-    try:
-        return schema.model_validate(raw)
-    except ValidationError as error:
-        raise InputError(f"{path}: invalid training config:\n{error}") from error
-
-
-def _set_dotted(raw: dict, dotted: str, value) -> None:
-    """Set raw['a']['b'] = value for dotted 'a.b' (command-line overrides)."""
-    keys = dotted.split(".")
-    node = raw
-    for key in keys[:-1]:
-        node = node.setdefault(key, {})
-    node[keys[-1]] = value
+        raise InputError(f"training config {path}: 'kind' must be 'vae', 'dit', 'motion' or 'locator', got {kind!r}")
+    return validate_config(schema, raw, path, "training config")

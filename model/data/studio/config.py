@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, Field
 
-from model.errors import InputError
+from model.yaml_config import load_yaml_config
 
 
 class StudioConfig(BaseModel):
@@ -35,12 +34,4 @@ class StudioConfig(BaseModel):
 
 def load_studio_config(path: str | Path | None) -> StudioConfig:
     """Defaults, overridden by a YAML file when given."""
-    if path is None:
-        return StudioConfig()
-    file = Path(path)
-    if not file.is_file():
-        raise InputError(f"studio config {file} does not exist")
-    try:
-        return StudioConfig.model_validate(yaml.safe_load(file.read_text()) or {})
-    except (yaml.YAMLError, ValueError) as error:
-        raise InputError(f"studio config {file} is invalid: {error}") from error
+    return StudioConfig() if path is None else load_yaml_config(StudioConfig, path, "studio config")
