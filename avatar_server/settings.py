@@ -1,4 +1,4 @@
-"""Server settings: configs/server/*.yaml + OMNILIVE_* environment overrides, validated at start."""
+"""Server settings (pydantic-settings): defaults here, a configs/server/*.yaml file and OMNILIVE_* variables over them."""
 
 from __future__ import annotations
 
@@ -8,8 +8,16 @@ from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    EnvSettingsSource,
+    InitSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
 
 from model.errors import InputError
+from model.yaml_config import describe_errors, read_yaml_config
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "server" / "default.yaml"
@@ -166,8 +174,11 @@ class IceServer(_Section):
         return self
 
 
-class ServerSettings(_Section):
-    """Everything `omnilive serve` reads from configs/server/*.yaml."""
+class ServerSettings(BaseSettings):
+    """Everything `omnilive serve` reads: these defaults, a configs/server/*.yaml file over them, OMNILIVE_* over both."""
+
+    model_config = SettingsConfigDict(extra="forbid", frozen=True, env_prefix=ENV_PREFIX,
+                                      env_nested_delimiter=ENV_NESTING)
 
     host: str = "0.0.0.0"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -196,58 +207,63 @@ class ServerSettings(_Section):
 #################################################################################
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """OMNILIVE_SESSIONS__MAX_SESSIONS=4 -> {"sessions": {"max_sessions": 4}} (values parsed as YAML)."""
-    tree: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX) or key == "OMNILIVE_CONFIG":
-            continue
-        parts = key[len(ENV_PREFIX):].lower().split(ENV_NESTING)
-        if parts[0] not in ServerSettings.model_fields:
-            continue
-        try:
-            value = yaml.safe_load(raw)
-        except yaml.YAMLError as error:
-            raise InputError(f"environment variable {key}: not a YAML value ({error})") from error
-        node = tree
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-        node[parts[-1]] = value
-    return tree
+class _YamlFile(YamlConfigSettingsSource):
+    """The settings file, read like every other config (InputError naming the file)."""
+
+    def _read_file(self, file_path: Any) -> dict[str, Any]:
+        return read_yaml_config(file_path, "server config")
 
 
-def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge; override wins."""
-    out = dict(base)
-    for key, value in override.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
+class _YamlEnvironment(EnvSettingsSource):
+    """OMNILIVE_<SECTION>__<KEY> variables of `environ`, each value parsed as YAML like the file's."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        self._environ = environ
+        super().__init__(settings_cls)
+
+    def _load_env_vars(self) -> Mapping[str, Any]:
+        fields = tuple(f"{ENV_PREFIX}{name}".lower() for name in self.settings_cls.model_fields)
+        values: dict[str, Any] = {}
+        for key, raw in self._environ.items():
+            name = key.lower()
+            if not any(name == field or name.startswith(field + ENV_NESTING) for field in fields):
+                continue  # not a setting: OMNILIVE_CONFIG, OMNILIVE_SKIP_APT, ...
+            try:
+                values[name] = yaml.safe_load(raw)
+            except yaml.YAMLError as error:
+                raise InputError(f"environment variable {key}: not a YAML value ({error})") from error
+        return values
+
+    def decode_complex_value(self, field_name: str, field: Any, value: Any) -> Any:
+        return value  # parsed as YAML already
 
 
-def _describe(error: ValidationError, source: str) -> str:
-    """One line per invalid field, named by its dotted path."""
-    lines = [f"invalid server settings ({source}):"]
-    for item in error.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "<root>"
-        lines.append(f"  {where}: {item['msg']}")
-    return "\n".join(lines)
+def _set_by(loc: tuple[int | str, ...], environ: Mapping[str, str]) -> str | None:
+    """'set by VARIABLE' when an environment variable set the value at `loc` (or a section above it)."""
+    names = {key.upper(): key for key in environ}
+    for depth in range(len(loc), 0, -1):
+        name = ENV_PREFIX + ENV_NESTING.join(str(part) for part in loc[:depth]).upper()
+        if name in names:
+            return f"set by {names[name]}"
+    return None
 
 
 def load_settings(path: str | Path | None = None, environ: Mapping[str, str] | None = None,
                   **overrides: Any) -> ServerSettings:
-    """Read YAML, apply OMNILIVE_* environment variables and keyword overrides; InputError on any problem."""
+    """The field defaults, then the YAML file, then OMNILIVE_* variables, then keyword overrides (None: unset).
+
+    `path` defaults to $OMNILIVE_CONFIG, else configs/server/default.yaml; InputError on any problem, one
+    line per invalid key naming the variable that set it.
+    """
     environ = os.environ if environ is None else environ
     path = Path(path or environ.get("OMNILIVE_CONFIG") or DEFAULT_CONFIG)
     if not path.is_file():
         raise InputError(f"server config not found: {path}")
+    given = {key: value for key, value in overrides.items() if value is not None}
+    sources = (InitSettingsSource(ServerSettings, given), _YamlEnvironment(ServerSettings, environ),
+               _YamlFile(ServerSettings, yaml_file=path))
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
-        raise InputError(f"server config {path} is not valid YAML: {error}") from error
-    if not isinstance(data, dict):
-        raise InputError(f"server config {path} must be a mapping at the top level")
-    data = _merge(_merge(data, _env_overrides(environ)), {k: v for k, v in overrides.items() if v is not None})
-    try:
-        return ServerSettings.model_validate(data)
+        return ServerSettings(_build_sources=(sources, given))
     except ValidationError as error:
-        raise InputError(_describe(error, str(path))) from error
+        raise InputError(describe_errors(error, f"invalid server settings ({path}):",
+                                         lambda loc: _set_by(loc, environ))) from error

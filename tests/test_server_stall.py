@@ -33,7 +33,7 @@ MIN_FPS = 24.0
 # loop 1.2-2.1 s; measured since, 51-83 ms on an idle machine and up to 450 ms once on a shared one (CI
 # machines are shared, and timing asserts must not flake there).
 MAX_GAP_S = 1.0
-# The shipped limits for uploads (configs/server/default.yaml), not the small ones of test.yaml.
+# The shipped limits for uploads (the defaults), not the small ones of test.yaml.
 LIMITS = {"max_upload_bytes": 10_485_760, "max_image_pixels": 16_000_000}
 # The shipped session-creation rate (test.yaml lifts it for tests that create sessions back to back).
 SHIPPED = load_settings(DEFAULT_CONFIG, environ={}).sessions

@@ -30,11 +30,8 @@ def run(args: argparse.Namespace) -> int:
     from avatar_server.http import uvicorn_config
     from avatar_server.runtime import load_pipeline
 
-    overrides = {"host": args.host, "port": args.port}
     model = {k: v for k, v in (("weights", args.weights), ("device", args.device)) if v is not None}
-    settings = load_settings(args.config, **overrides)
-    if model:
-        settings = settings.model_copy(update={"model": settings.model.model_copy(update=model)})
+    settings = load_settings(args.config, host=args.host, port=args.port, model=model)
     handle = load_pipeline(settings)
     app = create_app(settings, handle)
     config = uvicorn_config(app, settings)
