@@ -164,7 +164,7 @@ async def test_video_paced_at_the_requested_fps_and_lips_in_sync_with_the_audio(
     assert agreement > 0.9, f"mouth does not follow the audio (agreement {agreement:.2f})"
     assert abs(lag) <= 1 / fps, f"lips and voice leave {lag * 1000:.0f} ms apart"
 
-    assert stats["latency_ms_p50"] is not None and stats["dropped_frames"] >= 0
+    assert stats["latency_ms_p50"] is not None
     assert abs(stats["fps"] - fps) <= 1 / live.state.settings.sessions.stats_interval_s  # one frame per interval
     assert {"queue", "sample", "decode"} <= set(stats["stages"]), stats["stages"]
 
