@@ -20,6 +20,7 @@ from websockets.asyncio.client import connect as ws_connect
 from avatar_server import session as session_module
 from avatar_server.audio import Resampler
 from avatar_server.engine import Engine
+from avatar_server.feed import AudioFeed
 from avatar_server.peer import AvatarPeer
 from avatar_server.session import Session
 from avatar_server.testing import fake_server
@@ -52,14 +53,14 @@ async def freed(state: Any, timeout: float = 8.0) -> None:
 def inject(monkeypatch: pytest.MonkeyPatch, where: str, armed: threading.Event) -> str:
     """Make one part of a session raise once `armed` is set; returns what the log names."""
     if where == "feed":
-        push = Session._push
+        push = AudioFeed._push
 
-        def failing_push(self: Session, pcm: np.ndarray, now: float, detect: bool) -> None:
+        def failing_push(self: AudioFeed, pcm: np.ndarray, now: float, detect: bool) -> None:
             if armed.is_set():
                 raise RuntimeError("injected feed failure")
             push(self, pcm, now, detect)
 
-        monkeypatch.setattr(Session, "_push", failing_push)
+        monkeypatch.setattr(AudioFeed, "_push", failing_push)
         return "task feed failed"
     if where == "ingest":
         class FailingResampler(Resampler):
