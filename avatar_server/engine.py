@@ -45,6 +45,8 @@ class EngineObserver(Protocol):
 
     def generate_call(self, seconds: float) -> None: ...
 
+    def degraded_chunks(self, count: int) -> None: ...
+
     def chunk_stages(self, stages: dict[str, float]) -> None: ...
 
 
@@ -55,12 +57,11 @@ class EngineObserver(Protocol):
 
 @dataclass
 class EngineStats:
-    """Counters read by /metrics (written by the worker only)."""
+    """The worker's counters and last call, read by /metrics and tests (written by the worker only)."""
 
     batches: int = 0
     chunks: int = 0
     skipped_frames: int = 0
-    degraded_chunks: int = 0
     last_batch: int = 0
     last_steps: int = 0
     last_generate_s: float = 0.0
@@ -350,7 +351,8 @@ class Engine:
         st = self.stats
         st.batches += 1
         st.chunks += len(chunks)
-        st.degraded_chunks += len(chunks) if steps < self.max_steps else 0
+        if steps < self.max_steps and self.observer is not None:
+            self.observer.degraded_chunks(len(chunks))
         st.last_batch, st.last_steps, st.last_generate_s = len(chunks), steps, finished - started
         by_stream = {id(chunk.stream): chunk for chunk in chunks}  # streams that were not ready are left out
         for slot, epoch, ready_at in zip(run, epochs, ready):

@@ -42,6 +42,7 @@ class SessionManager:
         self.handle = handle
         self.metrics = metrics
         self.sessions: dict[str, Session] = {}
+        metrics.watch(self.sessions)
         self.draining = False
         self._pending = 0
         self._creations = RateLimiter(settings.sessions.max_creations_per_s, settings.sessions.creation_burst)

@@ -160,9 +160,13 @@ class Observer:
     def __init__(self) -> None:
         self.calls: list[float] = []
         self.stages: list[dict[str, float]] = []
+        self.degraded = 0
 
     def generate_call(self, seconds: float) -> None:
         self.calls.append(seconds)
+
+    def degraded_chunks(self, count: int) -> None:
+        self.degraded += count
 
     def chunk_stages(self, stages: dict[str, float]) -> None:
         self.stages.append(stages)
@@ -192,7 +196,7 @@ def test_engine_times_each_stage_of_a_chunk() -> None:
     session._push(2)
     engine._apply_commands()
     engine._run_batch(engine._select())
-    assert session.steps == [2, 1]
+    assert session.steps == [2, 1] and observer.degraded == 1
     assert observer.stages[1]["late"] == pytest.approx(0.42 + 0.045 - 0.08 - PLAYOUT_DELAY_S)
     assert observer.stages[1]["buffer"] == 0.0
 

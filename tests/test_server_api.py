@@ -219,7 +219,7 @@ async def test_probes_metrics_openapi_cors_and_static() -> None:
         ready = (await http.get("/readyz")).json()
         assert ready["status"] == "ready" and ready["max_sessions"] == 2
         metrics = (await http.get("/metrics")).text
-        for name in ("omnilive_sessions_active", "omnilive_latency_seconds_bucket", "omnilive_generated_fps",
+        for name in ("omnilive_sessions_active", "omnilive_latency_seconds_bucket", "omnilive_frames_generated_total",
                      "omnilive_target_fps", "omnilive_engine_queue_depth", "omnilive_device_memory_bytes"):
             assert name in metrics
         paths = (await http.get("/openapi.json")).json()["paths"]

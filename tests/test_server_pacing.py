@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from aiortc.mediastreams import MediaStreamError
 from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 from avatar_server.app import build_state
 from avatar_server.avatars import DEFAULT_AVATAR_ID
@@ -246,3 +247,36 @@ async def test_a_session_ends_at_its_maximum_duration_and_frees_everything() -> 
                 "detail": "session reached its maximum duration"} in events and events[-1] is None
         metrics = generate_latest(state.metrics.registry).decode()
         assert 'omnilive_sessions_ended_total{reason="duration_limit"} 1.0' in metrics
+
+
+def scrape(state: ServerState) -> dict[str, float]:
+    """What GET /metrics returns, as {sample name: value} for the server's unlabelled samples."""
+    text = state.metrics.render(state.engine, state.manager.max_sessions, state.handle.device).decode()
+    return {sample.name: sample.value for family in text_string_to_metric_families(text)
+            for sample in family.samples if sample.name.startswith("omnilive_") and not sample.labels}
+
+
+async def test_metrics_count_frames_as_they_are_sent_and_a_scrape_resets_nothing() -> None:
+    async with virtual_session() as live:
+        live.session.put_audio(tone_bursts(4.0))
+        await live.run(1.0)
+        first, second = scrape(live.state), scrape(live.state)
+        assert first == second, "two scrapes in a row (two scrapers) see the same values"
+        assert first["omnilive_frames_sent_total"] == len(live.sent.video) == 26
+        await live.run(2.0)
+        third = scrape(live.state)
+        assert third["omnilive_frames_sent_total"] == len(live.sent.video) == 76
+        generated, shown = "omnilive_frames_generated_total", "omnilive_frames_generated_sent_total"
+        assert third[generated] - first[generated] >= 2 * 25 - CHUNK_FRAMES
+        assert third[shown] - first[shown] >= 2 * 25 - CHUNK_FRAMES
+        assert "omnilive_generated_fps" not in third and third["omnilive_sessions_active"] == 1
+        await live.session.close("deleted")
+        await live.ended()
+        ended = scrape(live.state)
+        assert ended["omnilive_sessions_active"] == 0
+    counters = [name for name in first if name.endswith(("_total", "_count", "_sum"))]
+    assert {"omnilive_frames_held_total", "omnilive_engine_degraded_chunks_total",
+            "omnilive_generate_seconds_count", "omnilive_latency_seconds_count"} <= set(counters)
+    for name in counters:
+        assert first[name] <= third[name] <= ended[name], f"{name} went down"
+    assert ended["omnilive_frames_sent_total"] == len(live.sent.video)

@@ -36,6 +36,5 @@ async def readyz(state: State) -> JSONResponse:
 @router.get("/metrics", dependencies=[Depends(metrics_access)])
 async def metrics(state: State) -> Response:
     """Prometheus text; public unless auth.protect_metrics (then an API key, like POST /v1/tokens)."""
-    text = state.metrics.render(list(state.manager.sessions.values()), state.engine,
-                                state.manager.max_sessions, state.handle.device)
+    text = state.metrics.render(state.engine, state.manager.max_sessions, state.handle.device)
     return Response(text, media_type=CONTENT_TYPE_LATEST)
