@@ -47,9 +47,14 @@ def _luma(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], dtype=np.float32) / 255.0
 
 
-def _ellipse(height: int, width: int, eye: Eye, grow: float = 1.0) -> np.ndarray:
-    """bool [H, W]: the pixels inside the eye's ellipse (its radii times `grow`)."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+def _pixel_centres(height: int, width: int) -> np.ndarray:
+    """[2, H, W]: each pixel's centre (y, x)."""
+    return np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+
+
+def _ellipse(centres: np.ndarray, eye: Eye, grow: float = 1.0) -> np.ndarray:
+    """bool [H, W]: the pixels (centres [2, H, W]) inside the eye's ellipse (its radii times `grow`)."""
+    yy, xx = centres
     return ((xx - eye.x) / (eye.width / 2 * grow)) ** 2 + ((yy - eye.y) / (eye.height / 2 * grow)) ** 2 <= 1.0
 
 
@@ -58,6 +63,7 @@ def locate_eyes(image: np.ndarray, mouth: MouthBox) -> tuple[Eye, Eye] | None:
     expected place shows no eye (too little contrast) or falls outside the picture."""
     height, width = image.shape[:2]
     luma = _luma(image)
+    centres = _pixel_centres(height, width)
     mw = mouth.width * width
     eyes = []
     for side in (-1.0, 1.0):
@@ -70,7 +76,7 @@ def locate_eyes(image: np.ndarray, mouth: MouthBox) -> tuple[Eye, Eye] | None:
                 eye = Eye(float(x0 + dx), float(y0 + dy), float(w), float(h))
                 if not (w / 2 <= eye.x <= width - w / 2 and h <= eye.y <= height - 2 * h):
                     continue
-                inside = _ellipse(height, width, eye)
+                inside = _ellipse(centres, eye)
                 contrast = float(luma[inside].std()) if inside.sum() >= 4 else 0.0
                 score = contrast - DRIFT_COST * float(np.hypot(dx, dy)) / mw
                 if contrast >= MIN_CONTRAST and (best is None or score > best[0]):
@@ -90,11 +96,11 @@ def close_eyes(image: np.ndarray, eyes: tuple[Eye, Eye]) -> np.ndarray:
     the skin just below it, and a dark lash line along its lower third."""
     height, width = image.shape[:2]
     out = image.astype(np.float32)
-    yy = np.mgrid[0:height, 0:width][0].astype(np.float32) + 0.5
+    centres = _pixel_centres(height, width)
+    yy = centres[0]
     for eye in eyes:
-        lid = _ellipse(height, width, eye, grow=1.25)
-        below = ~_ellipse(height, width, eye, grow=1.5) & _ellipse(height, width, Eye(eye.x, eye.y + eye.height,
-                                                                                        eye.width, eye.height), 1.0)
+        lid = _ellipse(centres, eye, grow=1.25)
+        below = ~_ellipse(centres, eye, grow=1.5) & _ellipse(centres, Eye(eye.x, eye.y + eye.height, eye.width, eye.height))
         skin = np.median(out[below], axis=0) if below.any() else np.median(out[lid], axis=0)
         out[lid] = skin
         line = lid & (np.abs(yy - (eye.y + eye.height * 0.2)) <= max(0.6, eye.height * 0.12))

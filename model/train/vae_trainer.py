@@ -170,7 +170,11 @@ def frame_pools(config: VaeTrainConfig) -> tuple[FramePool, FramePool]:
     if config.data.pack:
         return (FramePool(*read_frame_pack(Path(config.data.pack), "train"), picks=[]),
                 FramePool(*read_frame_pack(Path(config.data.pack), "heldout"), picks=[]))
-    splits = clip_splits(config)
+    return built_pools(config, clip_splits(config))
+
+
+def built_pools(config: VaeTrainConfig, splits: dict[str, list[fmt.IndexEntry]]) -> tuple[FramePool, FramePool]:
+    """(training pool, held-out pool) decoded from the dataset's clips of `splits` (clip_splits)."""
     model_config = load_model_config(config.model)
     unit = 2 ** (len(model_config.vae.encoder_block_out_channels) - 1) * model_config.dit.patch_size
     area = model_config.video.height * model_config.video.width
@@ -194,9 +198,9 @@ def clip_splits(config: VaeTrainConfig) -> dict[str, list[fmt.IndexEntry]]:
 
 def pack_frames(config: VaeTrainConfig, out: Path) -> None:
     """Write the config's training and held-out frames as a frame pack (model/train/frame_pack.py)."""
-    config = config.model_copy(update={"data": config.data.model_copy(update={"pack": None})})
-    pool, heldout = frame_pools(config)
-    write_frame_pack(Path(config.data.root), clip_splits(config), {"train": pool, "heldout": heldout}, out)
+    splits = clip_splits(config)
+    pool, heldout = built_pools(config, splits)
+    write_frame_pack(Path(config.data.root), splits, {"train": pool, "heldout": heldout}, out)
 
 
 def budgeted_steps(max_seconds: float, elapsed: float, pace_began: float, done: int, horizon: int) -> int:
