@@ -16,9 +16,11 @@ from typing import Any
 
 import httpx
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtpReceiver, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 from av import AudioFrame, VideoFrame
+
+from avatar_server.aiortc_adapter import tap_rtp
 
 MIC_RATE = 16000
 MIC_PTIME_S = 0.020
@@ -118,17 +120,14 @@ class AvatarPeer:
         self._record_rtp(receiver, track.kind)
         self._tasks.append(asyncio.ensure_future(self._consume(track)))
 
-    def _record_rtp(self, receiver: Any, kind: str) -> None:
-        handle = receiver._handle_rtp_packet
+    def _record_rtp(self, receiver: RTCRtpReceiver, kind: str) -> None:
         arrivals, origins = self.received.rtp_arrival[kind], self.received.rtp_origin
 
-        async def recording(packet: Any, arrival_time_ms: int) -> None:
-            now = time.monotonic()
-            origins.setdefault(kind, packet.timestamp)
-            arrivals.setdefault(packet.timestamp, now)
-            await handle(packet, arrival_time_ms=arrival_time_ms)
+        def record(timestamp: int) -> None:
+            origins.setdefault(kind, timestamp)
+            arrivals.setdefault(timestamp, time.monotonic())
 
-        receiver._handle_rtp_packet = recording
+        tap_rtp(receiver, record)
 
     async def _consume(self, track: MediaStreamTrack) -> None:
         try:
@@ -162,11 +161,8 @@ class AvatarPeer:
 
     async def vanish(self) -> None:
         """Stop without telling the server (a crashed browser): sockets closed, no DTLS close."""
-        for transceiver in self.pc.getTransceivers():
-            ice = transceiver.receiver.transport.transport  # RTCDtlsTransport -> RTCIceTransport
-            for protocol in list(ice._connection._protocols):
-                if protocol.transport is not None:
-                    protocol.transport.close()
+        for transceiver in self.pc.getTransceivers():  # ICE closes its sockets and says nothing to the server
+            await transceiver.receiver.transport.transport.stop()  # RTCDtlsTransport -> RTCIceTransport
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
