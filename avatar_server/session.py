@@ -51,25 +51,46 @@ class SessionOptions:
     guidance: dict[str, float] | None = None
 
 
+@dataclass(frozen=True)
+class SessionServices:
+    """What every session of a server shares: settings, workers, clock, the model's sample rate, the manager's hooks."""
+
+    settings: ServerSettings
+    engine: Engine
+    voice: VoiceWorker
+    clock: Clock
+    sample_rate: int
+    on_closed: Callable[["Session", str], None]  # the session ended, and why
+    on_latency: Callable[[float], None]          # a frame's latency (the server-wide histogram)
+
+
+@dataclass(frozen=True)
+class SessionAvatar:
+    """What a session shows: the avatar's reference and idle image, and the model's stream options for it."""
+
+    reference: Any
+    idle: np.ndarray
+    stream_options: Any
+
+
 def percentile(values: list[float], q: float) -> float | None:
     return float(np.percentile(values, q)) if values else None
 
 
 class Session:
     """A live avatar session; create with SessionManager.create(). Its timers, audio feed, playout clock and
-    tracks run on `clock` (avatar_server.clock)."""
+    tracks run on `services.clock` (avatar_server.clock)."""
 
-    def __init__(self, settings: ServerSettings, engine: Engine, voice: VoiceWorker, pc: RTCPeerConnection,
-                 options: SessionOptions, reference: Any, idle: np.ndarray, stream_options: Any, sample_rate: int,
-                 on_closed: Callable[["Session", str], None], on_latency: Callable[[float], None], *,
-                 clock: Clock) -> None:
+    def __init__(self, services: SessionServices, pc: RTCPeerConnection, options: SessionOptions,
+                 avatar: SessionAvatar) -> None:
+        settings, engine, voice, clock = services.settings, services.engine, services.voice, services.clock
         self.id = "s_" + secrets.token_hex(8)
         self.settings = settings
         self.engine = engine
         self.voice = voice
         self.pc = pc
         self.options = options
-        self.rate = sample_rate
+        self.rate = sample_rate = services.sample_rate
         self.clock = clock
         self.created = clock.monotonic()
         self.state = SessionState.CONNECTING
@@ -84,8 +105,8 @@ class Session:
         self.watch = PeerWatch(pc, settings.sessions.peer_timeout_s)
         self.listeners = Listeners()
         self._had_listener = False
-        self._on_closed = on_closed
-        self._on_latency_global = on_latency
+        self._on_closed = services.on_closed
+        self._on_latency_global = services.on_latency
         self._loop = asyncio.get_running_loop()
 
         media = settings.media
@@ -96,12 +117,12 @@ class Session:
         self.latencies: deque[float] = deque(maxlen=media.latency_window)
         self.generated_frames = 0
         self.steps_used = engine.max_steps
-        self.video = AvatarVideoTrack(clock, self.playout, self.frames, self.feed.history, idle, options.fps,
+        self.video = AvatarVideoTrack(clock, self.playout, self.frames, self.feed.history, avatar.idle, options.fps,
                                       (options.width, options.height), self.counters, self._record_latency)
         self.audio = AvatarAudioTrack(clock, self.playout, self.feed.history, media.av_sync_tolerance_ms / 1000,
                                       self.counters)
         self.slot = Slot(
-            session_id=self.id, reference=reference, options=stream_options,
+            session_id=self.id, reference=avatar.reference, options=avatar.stream_options,
             callbacks=SlotCallbacks(
                 on_chunk=self._threadsafe(self._on_chunk), on_skip=self._threadsafe(self._on_skip),
                 deadline=self.playout.wall_time, frames_buffered=lambda: len(self.frames),

@@ -19,7 +19,7 @@ from avatar_server.problems import Problem, internal_problem
 from avatar_server.ratelimit import RateLimiter
 from avatar_server.runtime import PipelineHandle
 from avatar_server.sdp import parse_offer
-from avatar_server.session import Session, SessionOptions
+from avatar_server.session import Session, SessionAvatar, SessionOptions, SessionServices
 from avatar_server.settings import ServerSettings
 from avatar_server.vad import VoiceWorker
 from model.errors import InputError
@@ -46,6 +46,8 @@ class SessionManager:
         self.draining = False
         self._pending = 0
         self._creations = RateLimiter(settings.sessions.max_creations_per_s, settings.sessions.creation_burst)
+        self._services = SessionServices(settings, engine, voice, clock, int(handle.pipe.config.sample_rate),
+                                         self._closed, metrics.latency.observe)
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -109,9 +111,7 @@ class SessionManager:
         try:
             stream_options = self.handle.make_options(
                 text=options.text, seed=0, steps=self.settings.model.steps, guidance=options.guidance)
-            session = Session(self.settings, self.engine, self.voice, pc, options, avatar.reference, avatar.idle,
-                              stream_options, int(self.handle.pipe.config.sample_rate), self._closed,
-                              self.metrics.latency.observe, clock=self.clock)
+            session = Session(self._services, pc, options, SessionAvatar(avatar.reference, avatar.idle, stream_options))
             self._wire(pc, session)
             await self._negotiate(pc, session, offer_sdp)
             self.sessions[session.id] = session
