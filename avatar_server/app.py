@@ -89,11 +89,9 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gc.unfreeze()
 
 
-def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
-    """The FastAPI app around a loaded pipeline (runtime.load_pipeline; tests: avatar_server.testing.fake_pipeline)."""
-    app = FastAPI(title="omnilive", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  description="Real-time talking-body avatars over WebRTC. Errors are application/problem+json.")
-    app.state.server = build_state(settings, handle)
+def install_edge(app: FastAPI, settings: ServerSettings) -> None:
+    """Problem+json errors and the HTTP edge every omnilive API shares (this app and the cluster front): body
+    limits and timeouts, then the cross-site write guard, and CORS for `cors_origins`."""
     install_problem_handlers(app)
     app.add_middleware(WriteGuard, allowed_origins=settings.cors_origins)  # inside BodyLimit: limits and timeouts first
     app.add_middleware(BodyLimit, default=settings.limits.max_body_bytes, uploads=settings.limits.max_upload_bytes,
@@ -103,6 +101,14 @@ def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
                            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
                            allow_headers=["Authorization", "Content-Type"],
                            expose_headers=["Location", "Retry-After", "Link"])
+
+
+def create_app(settings: ServerSettings, handle: PipelineHandle) -> FastAPI:
+    """The FastAPI app around a loaded pipeline (runtime.load_pipeline; tests: avatar_server.testing.fake_pipeline)."""
+    app = FastAPI(title="omnilive", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  description="Real-time talking-body avatars over WebRTC. Errors are application/problem+json.")
+    app.state.server = build_state(settings, handle)
+    install_edge(app, settings)
     for router in (sessions.router, whep.router, sessions.owner_router, avatars.router, sockets.router,
                    tokens.router, probes.router, pages.router):
         app.include_router(router)

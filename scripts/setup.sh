@@ -22,5 +22,5 @@ PYTHON="${PYTHON:-python3}"
 .venv/bin/python -m pip install -q --upgrade pip
 # CPU build of torch unless one is already installed (GPU users install their CUDA build first).
 .venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[test,lint]"
+.venv/bin/python -m pip install -q -e ".[test,lint,cluster]"
 echo "omnilive is set up in .venv"

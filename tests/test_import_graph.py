@@ -5,7 +5,9 @@
 - avatar_server.testing (the test generator and in-process server) is imported by tests and by the
   `omnilive bench serve` command alone, never by other production code;
 - avatar_server never imports the trainer (model.train), the studio (model.data.studio) or the CLI;
-- model never imports avatar_server or the CLI.
+- model never imports avatar_server or the CLI;
+- ray is imported inside avatar_server.cluster alone, and other modules import that package only inside a
+  function (cluster mode), so single-process `omnilive serve` never loads Ray.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("avatar_server", "model", "omnilive_cli")
 TESTING = "avatar_server.testing"
 TESTING_IMPORTERS = frozenset({"avatar_server.commands.bench_serve"})  # the benchmark of the server
+CLUSTER = "avatar_server.cluster"
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,7 @@ class Import:
     target: str       # the imported module (or the package a name was imported from)
     line: int
     typing_only: bool  # under `if TYPE_CHECKING:`
+    lazy: bool = False  # inside a function: imported when it runs
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -45,16 +49,17 @@ def _imports_of(tree: ast.Module, module: str, is_package: bool, known: set[str]
     found: list[Import] = []
     package = module if is_package else module.rpartition(".")[0]
 
-    def visit(node: ast.AST, typing_only: bool) -> None:
+    def visit(node: ast.AST, typing_only: bool, lazy: bool) -> None:
         if isinstance(node, ast.If) and _is_type_checking(node.test):
             for child in node.body:
-                visit(child, True)
+                visit(child, True, lazy)
             for child in node.orelse:
-                visit(child, typing_only)
+                visit(child, typing_only, lazy)
             return
+        lazy = lazy or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
         if isinstance(node, ast.Import):
             for alias in node.names:
-                found.append(Import(module, alias.name, node.lineno, typing_only))
+                found.append(Import(module, alias.name, node.lineno, typing_only, lazy))
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
@@ -62,14 +67,14 @@ def _imports_of(tree: ast.Module, module: str, is_package: bool, known: set[str]
                 base = ".".join([*anchor, base] if base else anchor)
             for alias in node.names:
                 candidate = f"{base}.{alias.name}"
-                found.append(Import(module, candidate if candidate in known else base, node.lineno, typing_only))
+                found.append(Import(module, candidate if candidate in known else base, node.lineno, typing_only, lazy))
         elif (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
               and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
-            found.append(Import(module, node.args[0].value, node.lineno, typing_only))
+            found.append(Import(module, node.args[0].value, node.lineno, typing_only, lazy))
         for child in ast.iter_child_nodes(node):
-            visit(child, typing_only)
+            visit(child, typing_only, lazy)
 
-    visit(tree, False)
+    visit(tree, False, False)
     return found
 
 
@@ -158,3 +163,24 @@ def test_server_imports_neither_trainer_studio_nor_cli() -> None:
 
 def test_model_imports_neither_server_nor_cli() -> None:
     assert forbidden(IMPORTS, "model", ("avatar_server", "omnilive_cli")) == []
+
+
+def test_ray_stays_in_the_cluster_package() -> None:
+    """Only avatar_server.cluster imports ray; everything else reaches that package lazily (cluster mode)."""
+    outside = [f"{imp.source}:{imp.line} imports {imp.target}" for imp in IMPORTS
+               if within(imp.target, "ray") and not within(imp.source, CLUSTER)]
+    assert outside == []
+    eager = [f"{imp.source}:{imp.line} imports {imp.target} at import time" for imp in IMPORTS
+             if within(imp.target, CLUSTER) and not within(imp.source, CLUSTER) and not imp.lazy]
+    assert eager == []
+    assert any(within(imp.target, "ray") for imp in IMPORTS), "the reader sees the cluster's ray imports"
+
+
+def test_lazy_imports_are_told_apart(tmp_path: Path) -> None:
+    """The check itself: an import inside a function is lazy, one at module level is not."""
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("import ray\n\ndef f():\n    import ray.util\n")
+    found = {(imp.target, imp.lazy) for imp in read_imports(tmp_path, ("pkg",))}
+    assert found == {("ray", False), ("ray.util", True)}

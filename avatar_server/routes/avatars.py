@@ -12,22 +12,24 @@ from avatar_server.schemas import AvatarInfo, AvatarList
 router = APIRouter(prefix=f"{API_PREFIX}/avatars", tags=["avatars"], dependencies=[Depends(authorized)])
 
 
+async def read_upload(request: Request, name: str | None) -> tuple[bytes, str | None]:
+    """An upload's image bytes and name: a multipart/form-data field `image` (+ `name`), or the raw body."""
+    if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+        return await request.body(), name
+    form = await request.form(max_files=1, max_fields=4)
+    upload = form.get("image")
+    if upload is None or isinstance(upload, str):
+        raise Problem(422, "multipart upload needs a file field named 'image'", code="missing_image")
+    field_name = form.get("name")
+    return await upload.read(), field_name if isinstance(field_name, str) and field_name else name
+
+
 @router.post("", status_code=201,
              responses={413: {"description": "too many bytes or pixels"}, 415: {"description": "not PNG/JPEG/WebP"},
                         422: {"description": "corrupt, empty or too small"}})
 async def upload_avatar(request: Request, response: Response, state: State, name: str | None = None) -> AvatarInfo:
     """Upload an image: multipart/form-data field `image` (+ `name`), or the raw image bytes as the body."""
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=4)
-        upload = form.get("image")
-        if upload is None or isinstance(upload, str):
-            raise Problem(422, "multipart upload needs a file field named 'image'", code="missing_image")
-        data = await upload.read()
-        field_name = form.get("name")
-        name = field_name if isinstance(field_name, str) and field_name else name
-    else:
-        data = await request.body()
+    data, name = await read_upload(request, name)
     avatar = await state.avatars.add(data, name)
     response.headers["Location"] = f"{API_PREFIX}/avatars/{avatar.id}"
     return AvatarInfo.model_validate(avatar)
