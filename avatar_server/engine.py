@@ -259,11 +259,20 @@ class Engine:
             slot.released.set()
 
     def _select(self) -> list[Slot]:
-        """Ready streams with room in their output buffer, earliest deadline first."""
+        """Ready streams with room in their output buffer, earliest deadline first; a ready stream without room is
+        held back (and when, noted: its session's playout is not to count that wait as the pipeline's)."""
         with self._lock:
             slots = [s for s in self._slots.values() if s.stream is not None and not s.closed]
         room = self.settings.max_chunks_ahead * self.frames_per_chunk
-        ready = [s for s in slots if s.callbacks.frames_buffered() < room and s.stream.ready()]
+        now = self.clock()
+        ready = []
+        for slot in slots:
+            if not slot.stream.ready():
+                continue
+            if slot.callbacks.frames_buffered() >= room:
+                slot.last_held = now
+            else:
+                ready.append(slot)
         ready.sort(key=self._deadline)
         self.stats.queue_depth = max(0, len(ready) - self.settings.max_batch)
         return ready[: self.settings.max_batch]
@@ -367,7 +376,8 @@ class Engine:
                                 "decode": finished - sampled, "buffer": max(0.0, slack), "late": max(0.0, -slack)})
             slot.next_time = float(times[-1]) + self.frame_s
             slot.fresh = False
-            slot.callbacks.on_chunk(GeneratedChunk(chunk.frames, times, epoch, steps))
+            held = max(0.0, slot.last_held - ready_at)
+            slot.callbacks.on_chunk(GeneratedChunk(chunk.frames, times, epoch, steps, held))
 
     def _measure(self, batch: int, steps: int, sample_s: float, decode_s: float) -> None:
         """Feed a call to the cost model (the first call of each batch size is a warm-up: left out) and the observer."""

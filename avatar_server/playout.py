@@ -1,9 +1,14 @@
 """Playout: when each stream audio time is shown/played, and the frames waiting for their turn.
 
 Audio time t (seconds of audio pushed to the stream) plays at `origin + t + delay`. Both outbound
-tracks read the same clock, so a frame and the audio it was generated from leave together. The
-delay is the measured pipeline latency: it grows at once when a chunk arrives late and gives
-unused slack back slowly, within [min_latency, max_latency].
+tracks read the same clock, so a frame and the audio it was generated from leave together.
+
+The delay follows what the pipeline needs. Each chunk tells the delay it needed (arrival - origin -
+its first frame's audio time) less the time the engine held it back because the session's frames
+were queued already: that wait comes from the delay itself, and counting it would keep a large delay
+large. The target is a high percentile of those samples over a recent window plus a margin, within
+[min_latency, max_latency]. A chunk that arrives later than the delay allows raises it at once (no
+frozen video); a delay above its target comes down at a bounded rate while the avatar is silent.
 """
 
 from __future__ import annotations
@@ -17,17 +22,19 @@ from avatar_server.settings import MediaSettings
 
 
 class PlayoutClock:
-    """Stream audio time <-> monotonic time (the session's Clock), with an adaptive delay."""
+    """Stream audio time <-> monotonic time (the session's Clock), with a delay that follows the pipeline's p95."""
 
     def __init__(self, settings: MediaSettings, origin: float) -> None:
         self.min_delay = settings.min_latency_ms / 1000.0
         self.max_delay = settings.max_latency_ms / 1000.0
         self.margin = settings.latency_margin_ms / 1000.0
         self.decay_rate = settings.latency_decay_ms_per_s / 1000.0
+        self.window_s = settings.latency_target_window_s
+        self.percentile = settings.latency_target_percentile
         self.delay = settings.initial_latency_ms / 1000.0
         self.origin = origin  # when audio time 0 was fed (the session sets it when the peer connects)
-        self._min_slack = float("inf")
-        self._last_decay = self.origin
+        self._needed: deque[tuple[float, float]] = deque()  # (arrival, delay the chunk needed), oldest first
+        self._last_settle = origin
 
     def wall_time(self, audio_time: float) -> float:
         """Monotonic time at which `audio_time` plays."""
@@ -37,21 +44,36 @@ class PlayoutClock:
         """Audio time playing at monotonic time `wall`."""
         return wall - self.origin - self.delay
 
-    def chunk_arrived(self, audio_time: float, now: float) -> None:
-        """A chunk whose first frame has `audio_time` is ready at `now`: adapt the delay."""
-        slack = self.wall_time(audio_time) - now
-        if slack < self.margin:
-            self.delay = min(self.max_delay, self.delay + self.margin - slack)
-        self._min_slack = min(self._min_slack, slack)
+    def chunk_arrived(self, audio_time: float, now: float, held: float) -> None:
+        """A chunk whose first frame has `audio_time` is ready at `now`, after the engine held it back `held` seconds
+        for room in the session's frame queue: raise the delay at once if it is late, and record what it needed."""
+        needed = now - self.origin - audio_time
+        if needed + self.margin > self.delay:
+            self.delay = min(self.max_delay, needed + self.margin)
+        self._needed.append((now, needed - held))
+        self._forget(now)
 
-    def decay(self, now: float) -> None:
-        """Give back slack that chunks did not need since the last call."""
-        elapsed = now - self._last_decay
-        if self._min_slack != float("inf") and self._min_slack > self.margin:
-            step = min(self.decay_rate * elapsed, self._min_slack - self.margin)
-            self.delay = max(self.min_delay, self.delay - step)
-        self._min_slack = float("inf")
-        self._last_decay = now
+    def target(self, now: float) -> float | None:
+        """The percentile of the delays chunks needed over the window, plus the margin, within the limits; None
+        before any chunk arrived in the window."""
+        self._forget(now)
+        if not self._needed:
+            return None
+        needed = float(np.percentile([value for _, value in self._needed], self.percentile))
+        return min(self.max_delay, max(self.min_delay, needed + self.margin))
+
+    def settle(self, now: float, shrink: bool) -> None:
+        """Called periodically: when `shrink` (the avatar is silent, the audio jump inaudible) move a delay above
+        its target down towards it, by at most `latency_decay_ms_per_s` for each second since the last call."""
+        elapsed, self._last_settle = now - self._last_settle, now
+        target = self.target(now)
+        if shrink and target is not None and target < self.delay:
+            self.delay = max(target, self.delay - self.decay_rate * elapsed)
+
+    def _forget(self, now: float) -> None:
+        """Drop the samples older than the window."""
+        while self._needed and self._needed[0][0] < now - self.window_s:
+            self._needed.popleft()
 
 
 @dataclass

@@ -302,7 +302,7 @@ class Session:
     def _on_chunk(self, chunk: GeneratedChunk) -> None:
         if self.closed or chunk.epoch != self.epoch:  # generated from audio a barge-in dropped
             return
-        self.playout.chunk_arrived(float(chunk.times[0]), self.clock.monotonic())
+        self.playout.chunk_arrived(float(chunk.times[0]), self.clock.monotonic(), chunk.held)
         self.frames.extend(chunk.times, chunk.frames)
         self.generated_frames += len(chunk.times)
         self.steps_used = chunk.steps
@@ -391,6 +391,5 @@ class Session:
             now, sent, fresh = self.clock.monotonic(), self.counters.frames_sent, self.counters.frames_generated_sent
             self.fps, self.generated_fps = (sent - last_n) / (now - last_t), (fresh - last_fresh) / (now - last_t)
             last_t, last_n, last_fresh = now, sent, fresh
-            if not self.speaking:  # give back latency only in silence, where the audio jump is inaudible
-                self.playout.decay(now)
+            self.playout.settle(now, shrink=not self.speaking)  # only in silence is the audio jump inaudible
             self.emit(self.stats())

@@ -64,9 +64,13 @@ class MediaSettings(_Section):
     initial_latency_ms: float = Field(default=300.0, gt=0, description="playout delay before it is measured")
     min_latency_ms: float = Field(default=80.0, gt=0)
     max_latency_ms: float = Field(default=800.0, gt=0, description="latency budget: beyond it, fewer steps, then held frames")
-    latency_margin_ms: float = Field(default=40.0, ge=0, description="slack kept above measured lateness")
-    latency_decay_ms_per_s: float = Field(default=100.0, ge=0, description="how fast unused slack is given back "
-                                                                         "(in silence only)")
+    latency_margin_ms: float = Field(default=40.0, ge=0, description="slack kept above the measured percentile")
+    latency_decay_ms_per_s: float = Field(default=100.0, ge=0, description="how fast a delay above its target comes "
+                                                                         "down (in silence only)")
+    latency_target_window_s: float = Field(default=10.0, gt=0, description="seconds of chunks whose needed delay "
+                                                                          "sets the playout delay's target")
+    latency_target_percentile: float = Field(default=95.0, gt=0, le=100, description="the percentile of those "
+                                             "chunks' needed delays the target follows (plus the margin)")
     av_sync_tolerance_ms: float = Field(default=30.0, gt=0, description="audio resyncs beyond this offset")
     input_jitter_ms: float = Field(default=100.0, ge=0, description="input gap before silence is fed")
     input_lead_ms: float = Field(default=200.0, ge=0, description="audio fed ahead of the wall clock")

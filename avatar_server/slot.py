@@ -76,6 +76,7 @@ class GeneratedChunk:
     times: np.ndarray   # float [F]: session audio time of each frame
     epoch: int          # the barge-in epoch the chunk's audio belongs to
     steps: int          # denoising steps it was generated with
+    held: float         # seconds the engine held it back because the session's frames were queued already
 
 
 @dataclass
@@ -105,6 +106,7 @@ class Slot:
     time_offset: float = 0.0        # session audio time - stream audio time (moves on every clear)
     next_time: float | None = None  # session audio time of the next chunk's first frame
     fresh: bool = False             # backlog just dropped: the next chunk is generated, late or not
+    last_held: float = float("-inf")  # when the worker last found the stream ready but its session's frames full
     closed: bool = False
     released: threading.Event = field(default_factory=threading.Event)
     submitted: int = 0              # samples submitted in push commands (written by the submitting thread)

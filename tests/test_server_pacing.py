@@ -106,11 +106,12 @@ class VirtualSession:
 
 
 @contextlib.asynccontextmanager
-async def virtual_session(fps: int = 25, size: int = 128, connect: bool = True,
-                          sessions: dict[str, float] | None = None) -> AsyncIterator[VirtualSession]:
+async def virtual_session(fps: int = 25, size: int = 128, connect: bool = True, sessions: dict[str, float] | None = None,
+                          media: dict[str, float] | None = None) -> AsyncIterator[VirtualSession]:
     """The fake generator's server state on a virtual clock, and one session in it. The peer watch stays on real
     time (it reads a real peer's RTCP reports): a long timeout keeps it out of the way."""
-    settings = load_settings(TEST_CONFIG, environ={}, sessions={"peer_timeout_s": 3600, **(sessions or {})})
+    settings = load_settings(TEST_CONFIG, environ={}, sessions={"peer_timeout_s": 3600, **(sessions or {})},
+                             media=media)
     clock = VirtualClock()
     state = build_state(settings, fake_pipeline(), clock)
     avatar = await state.avatars.add(settings.path(settings.default_avatar).read_bytes(), "default",
@@ -182,6 +183,23 @@ async def test_a_stalled_sender_makes_the_video_reanchor_instead_of_bursting() -
     after = [t for t, _, _ in live.sent.video if t >= resumed]
     assert after[0] == pytest.approx(resumed) and np.allclose(np.diff(after), 1 / 25)  # no burst to catch up
     assert reanchors == 1
+
+
+async def test_the_playout_delay_comes_down_to_what_the_pipeline_needs_not_what_its_own_queue_holds() -> None:
+    """Started at the latency budget, the engine holds chunks back (the session's frames are full): that wait is
+    not the pipeline's, and the delay comes down to the silence chunks' needed delay plus the margin."""
+    async with virtual_session(media={"initial_latency_ms": 800}) as live:
+        media, model = live.state.settings.media, live.state.handle.pipe.config
+        await live.run(1.0)
+        assert live.session.playout.delay > 0.6 and max(live.session.slot.stage_summary()["queue"].values()) > 0
+        await live.run(5.0)
+        playout = live.session.playout
+    # a chunk's audio (its frames and the look-ahead) is complete one feed tick after silence is fed for it, which
+    # is the input jitter allowance behind real time; the fake generator takes no time
+    needed = (model.chunk_frames + model.lookahead_frames) / model.fps + (media.input_jitter_ms
+                                                                          + media.feed_interval_ms) / 1000
+    assert playout.delay == pytest.approx(needed + media.latency_margin_ms / 1000)
+    assert playout.target(live.clock.now) == pytest.approx(playout.delay)
 
 
 def assert_quiet(sent: Sent, start: float, end: float) -> None:

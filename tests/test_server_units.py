@@ -1,4 +1,4 @@
-"""Server building blocks without a network: playout clock, buffers, engine planning, VAD, auth."""
+"""Server building blocks without a network: frame queue, buffers, engine planning, VAD, auth."""
 
 from __future__ import annotations
 
@@ -12,29 +12,14 @@ import pytest
 from avatar_server.audio import AudioHistory, Inbox, PCM16Decoder
 from avatar_server.auth import Authenticator
 from avatar_server.engine import Engine
-from avatar_server.playout import FrameQueue, PlayoutClock
-from avatar_server.settings import AuthSettings, EngineSettings, MediaSettings, VADSettings
+from avatar_server.playout import FrameQueue
+from avatar_server.settings import AuthSettings, EngineSettings, VADSettings
 from avatar_server.slot import ClearAudio, GeneratedChunk, PushAudio, Slot, SlotCallbacks
 from avatar_server.testing import FakePipeline, FakeStreamOptions
 from avatar_server.vad import VoiceWorker
 from model.errors import InputError
 
 SPEECH = Path("/usr/share/sounds/alsa/Front_Center.wav")
-
-
-def test_playout_delay_grows_for_late_chunks_and_gives_slack_back_slowly() -> None:
-    clock = PlayoutClock(MediaSettings(initial_latency_ms=200, min_latency_ms=80, max_latency_ms=500,
-                                       latency_margin_ms=20, latency_decay_ms_per_s=50), origin=0.0)
-    clock.chunk_arrived(audio_time=1.0, now=1.3)          # plays at 1.2: 100 ms late
-    assert clock.delay == pytest.approx(0.32)             # late + margin
-    clock.chunk_arrived(audio_time=2.0, now=9.0)
-    assert clock.delay == pytest.approx(0.5)              # capped by the latency budget
-    clock.decay(now=10.0)                                 # late chunks in this window: nothing given back
-    assert clock.delay == pytest.approx(0.5)
-    clock.chunk_arrived(audio_time=10.0, now=10.0)        # 500 ms early
-    clock.decay(now=11.0)
-    assert clock.delay == pytest.approx(0.45)             # 50 ms per second
-    assert clock.audio_time(clock.wall_time(3.0)) == pytest.approx(3.0)
 
 
 def test_frame_queue_shows_the_frame_due_and_counts_skipped_ones() -> None:
