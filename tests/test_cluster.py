@@ -122,6 +122,15 @@ async def events_until_closed(socket: Any, timeout: float) -> tuple[list[dict[st
     return events, socket.close_code
 
 
+def front_setup_ms(metrics: str) -> float:
+    """The mean of omnilive_front_setup_seconds, in ms."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = {sample.name: sample.value for family in text_string_to_metric_families(metrics)
+              for sample in family.samples if sample.name.startswith("omnilive_front_setup_seconds")}
+    return 1000 * values["omnilive_front_setup_seconds_sum"] / values["omnilive_front_setup_seconds_count"]
+
+
 async def wait_for(predicate: Any, timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -201,6 +210,7 @@ async def test_two_workers_place_route_survive_a_killed_worker_and_drain() -> No
         assert "omnilive_workers_lost_total 1.0" in metrics
         assert f'omnilive_worker_restarts_total{{worker="{owner_a.name}"}} 1.0' in metrics
         assert 'omnilive_sessions_active 2.0' in metrics and 'omnilive_sessions_max 2.0' in metrics
+        assert front_setup_ms(metrics) <= 20, "the front's own share of a session setup (placement, forwarding)"
 
         # Draining: no new session on the drained worker, its own session goes on.
         drained = await http.post(f"/v1/workers/{owner_b.name}/drain")

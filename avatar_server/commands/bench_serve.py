@@ -53,6 +53,11 @@ def register(targets: argparse._SubParsersAction) -> None:
     parser.add_argument("--generator", choices=("model", "fake"), default="model",
                         help="'fake': the deterministic test generator (measures serving alone, in-process)")
     parser.add_argument("--in-process", action="store_true", help="run the server in this process")
+    parser.add_argument("--cluster", default=None, metavar="ADDRESS",
+                        help="measure a cluster front (in this process) and its Ray workers: auto, ray://HEAD:10001 "
+                             "or local; each worker admits the sessions asked for (docs/cluster.md)")
+    parser.add_argument("--cluster-config", default=None, metavar="FILE",
+                        help="pool settings YAML (default configs/server/cluster.yaml)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -95,6 +100,10 @@ def _free_port() -> int:
 @contextlib.asynccontextmanager
 async def _server(args: argparse.Namespace, max_sessions: int) -> AsyncIterator[tuple[str, psutil.Process]]:
     """The server under test, admitting `max_sessions`; yields (base URL, its process)."""
+    if args.cluster is not None:
+        async with _cluster(args, max_sessions) as url:
+            yield url, psutil.Process()
+        return
     if args.in_process or args.generator == "fake":
         from avatar_server.app import create_app
         from avatar_server.runtime import load_pipeline
@@ -125,6 +134,32 @@ async def _server(args: argparse.Namespace, max_sessions: int) -> AsyncIterator[
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def fake_handle(settings: Any) -> Any:
+    """A cluster worker's model for `--generator fake` (importable, so Ray ships it to workers by name)."""
+    from avatar_server.testing import fake_pipeline
+
+    return fake_pipeline()
+
+
+@contextlib.asynccontextmanager
+async def _cluster(args: argparse.Namespace, max_sessions: int) -> AsyncIterator[str]:
+    """A cluster front in this process, its workers on Ray, each admitting `max_sessions`; yields its URL once
+    every worker is up."""
+    from avatar_server.cluster.front import create_front
+    from avatar_server.cluster.settings import load_cluster_settings
+    from avatar_server.runtime import load_pipeline
+    from avatar_server.settings import load_settings
+    from avatar_server.testing import running_server
+
+    model = {k: v for k, v in (("weights", args.weights), ("device", args.device)) if v is not None}
+    settings = load_settings(args.config, sessions={"max_sessions": max_sessions}, **({"model": model} if model else {}))
+    cluster = load_cluster_settings(args.cluster_config, address=args.cluster)
+    app = create_front(settings, cluster, fake_handle if args.generator == "fake" else load_pipeline)
+    async with running_server(app) as url:
+        await app.state.server.pool.wait_up(cluster.workers, cluster.start_timeout_s)
+        yield url
 
 
 async def _wait_ready(url: str, process: subprocess.Popen, log: Any) -> None:
@@ -159,6 +194,7 @@ async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float
     async with httpx.AsyncClient(base_url=url, timeout=60) as http:
         try:
             responses = await asyncio.gather(*(peer.connect(http) for peer in peers))
+            setup_ms = sorted(r.elapsed.total_seconds() * 1000 for r in responses)
             refused = [r.status_code for r in responses if r.status_code != 201]
             if refused:
                 return {"sessions": sessions, "error": f"sessions refused: HTTP {refused}", "ok": False}
@@ -171,7 +207,7 @@ async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float
             elapsed = time.monotonic() - started
             cpu_after, client_after = server.cpu_times(), psutil.Process().cpu_times()
             after = await _server_stats(http, peers)
-            cost = await _cost_model(http)
+            samples = await _metric_samples(http)
         finally:
             for peer in peers:
                 if peer.session:
@@ -206,30 +242,44 @@ async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float
         "server_cpu_percent": round(100 * _cpu_seconds(cpu, cpu_after) / elapsed, 1),
         "client_cpu_percent": round(100 * _cpu_seconds(client_cpu, client_after) / elapsed, 1),
         "server_rss_mb": round(server.memory_info().rss / 2**20, 1),
+        "setup_ms_p50": round(setup_ms[len(setup_ms) // 2], 1), "setup_ms_max": round(setup_ms[-1], 1),
+        "front_setup_ms_mean": _front_setup_ms(samples),
         "ok": all(r["fps"] >= floor and r["generated_fps"] >= floor for r in rows),
-        "cost_model": cost,
+        "cost_model": _cost_model(samples),
         "per_session": rows,
     }
 
 
-async def _cost_model(http: Any) -> dict[str, dict[str, float]] | None:
-    """The engine's cost model from /metrics: {batch size: {"fixed_ms", "per_step_ms"}}; None when unreadable."""
+async def _metric_samples(http: Any) -> list[Any]:
+    """Every sample of the server's /metrics (empty when unreadable)."""
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
     try:
         response = await http.get("/metrics")
     except httpx.HTTPError:
-        return None
+        return []
     if response.status_code != 200:
-        return None
+        return []
+    return [sample for family in text_string_to_metric_families(response.text) for sample in family.samples]
+
+
+def _cost_model(samples: list[Any]) -> dict[str, dict[str, float]] | None:
+    """The engine's cost model: {batch size: {"fixed_ms", "per_step_ms"}}; None when the metrics lack it."""
     names = {"omnilive_engine_cost_fixed_seconds": "fixed_ms", "omnilive_engine_cost_step_seconds": "per_step_ms"}
     out: dict[str, dict[str, float]] = {}
-    for family in text_string_to_metric_families(response.text):
-        for sample in family.samples:
-            if sample.name in names:
-                out.setdefault(sample.labels["batch"], {})[names[sample.name]] = round(sample.value * 1000, 2)
-    return out
+    for sample in samples:
+        if sample.name in names:
+            out.setdefault(sample.labels["batch"], {})[names[sample.name]] = round(sample.value * 1000, 2)
+    return out or None
+
+
+def _front_setup_ms(samples: list[Any]) -> float | None:
+    """A cluster front's mean own share of a session setup (placement, forwarding), over its life; None for a
+    single server."""
+    values = {s.name: s.value for s in samples if s.name.startswith("omnilive_front_setup_seconds_")}
+    count = values.get("omnilive_front_setup_seconds_count")
+    return round(1000 * values["omnilive_front_setup_seconds_sum"] / count, 3) if count else None
 
 
 def _cpu_seconds(before: Any, after: Any) -> float:

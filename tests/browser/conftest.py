@@ -48,6 +48,7 @@ def require_browser_stack() -> None:
 #################################################################################
 
 
+CLUSTER_START_TIMEOUT_S = 240.0  # Ray, then the worker's model
 SERVER_SETTINGS = {
     "OMNILIVE_AUTH__API_KEYS": f"[{API_KEY}]",
     "OMNILIVE_SESSIONS__MAX_SESSIONS": "3",
@@ -62,6 +63,25 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     running.api_key = API_KEY
     try:
         yield wait_healthy(running)
+    finally:
+        stop_server(running)
+
+
+CLUSTER_SETTINGS = {
+    **SERVER_SETTINGS,
+    "OMNILIVE_CLUSTER__WORKERS": "1",            # one worker with the real model: a 2-core machine runs one
+    "OMNILIVE_CLUSTER__WORKER__NUM_GPUS": "0",
+    "OMNILIVE_CLUSTER__LOCAL_CPUS": "2",
+}
+
+
+@pytest.fixture(scope="session")
+def cluster_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`omnilive serve --cluster local`: the front, and its worker on a Ray instance of its own (docs/cluster.md)."""
+    running = spawn_server(tmp_path_factory.mktemp("cluster"), "cluster", CLUSTER_SETTINGS, ("--cluster", "local"))
+    running.api_key = API_KEY
+    try:
+        yield wait_healthy(running, CLUSTER_START_TIMEOUT_S, probe="/readyz")
     finally:
         stop_server(running)
 

@@ -110,25 +110,26 @@ def serve_command(port: int) -> list[str]:
     return [sys.executable, "-m", "omnilive_cli", "serve", "--host", "0.0.0.0", "--port", str(port)]
 
 
-def spawn_server(tmp: Path, name: str, settings: dict[str, str]) -> Server:
-    """Start `python -m omnilive_cli serve` on a free port with OMNILIVE_* settings (not yet healthy)."""
+def spawn_server(tmp: Path, name: str, settings: dict[str, str], extra_args: tuple[str, ...] = ()) -> Server:
+    """Start `python -m omnilive_cli serve [extra_args]` on a free port with OMNILIVE_* settings (not yet healthy)."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **settings}
     log = tmp / f"{name}.log"
-    command = serve_command(port)
+    command = [*serve_command(port), *extra_args]
     with log.open("wb") as out:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     return Server(url=f"http://127.0.0.1:{port}", process=process, log=log, env=settings)
 
 
-def wait_healthy(server: Server, timeout_s: float = SERVER_START_TIMEOUT_S) -> Server:
-    """Poll /healthz (answers once the model is loaded and the default avatar encoded)."""
+def wait_healthy(server: Server, timeout_s: float = SERVER_START_TIMEOUT_S, probe: str = "/healthz") -> Server:
+    """Poll `probe` (/healthz answers once the model is loaded and the default avatar encoded; a cluster
+    front's /readyz once a worker serves)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
             raise RuntimeError(f"omnilive serve exited with {server.process.returncode}:\n{server.log_tail()}")
         try:
-            with urllib.request.urlopen(server.url + "/healthz", timeout=2) as response:
+            with urllib.request.urlopen(server.url + probe, timeout=2) as response:
                 if response.status == 200:
                     return server
         except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -79,7 +79,10 @@ def assert_clean(tab: Tab) -> None:
 #################################################################################
 
 
-def test_demo_connects_renders_and_carries_both_tracks(tab: Tab, server: Server) -> None:
+@pytest.mark.parametrize("serving", ["server", "cluster_server"])
+def test_demo_connects_renders_and_carries_both_tracks(tab: Tab, serving: str, request: pytest.FixtureRequest) -> None:
+    """Against `omnilive serve`, and once against a cluster front (media straight from its worker)."""
+    server: Server = request.getfixturevalue(serving)
     session_id = start_demo(tab, server)
     connected_at = tab.e2e()["connectedAt"]
     tab.page.wait_for_function(f"performance.now() > {connected_at + FRAME_WINDOW_MS}")
@@ -160,8 +163,11 @@ def test_page_load_to_first_frame(tab: Tab, server: Server, record_property: Any
     assert_clean(tab)
 
 
-def test_upload_an_avatar_and_talk_with_it(tab: Tab, server: Server) -> None:
-    """Upload an image in the demo, it becomes the selected avatar, and the session uses it."""
+@pytest.mark.parametrize("serving", ["server", "cluster_server"])
+def test_upload_an_avatar_and_talk_with_it(tab: Tab, serving: str, request: pytest.FixtureRequest) -> None:
+    """Upload an image in the demo, it becomes the selected avatar, and the session uses it (a cluster front
+    stores it on its workers)."""
+    server: Server = request.getfixturevalue(serving)
     tab.page.goto(f"{server.url}/?token={server.api_key}")
     tab.page.set_input_files("#avatar-upload", str(DEFAULT_AVATAR))
     tab.page.wait_for_function("document.getElementById('upload-status').textContent.startsWith('Uploaded')")
