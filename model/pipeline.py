@@ -30,6 +30,7 @@ from model.errors import InputError
 from model.flow import Guidance
 from model.guide import MouthBank, build_mouth_bank
 from model.media import cover_crop
+from model.pose_warp import PoseWarp, warp_frames
 from model.streaming import ChunkConditions, StreamingSampler, StreamState
 from model.vae import FrameVAE
 
@@ -116,6 +117,7 @@ class LatentChunk:
     latents: torch.Tensor  # [F, C, h, w]
     first_frame: int
     mouth_open: np.ndarray | None = None  # float32 [F] openness that drove the mouth guide
+    head: torch.Tensor | None = None  # [F or 1, H, W, 2] pose-warp grids for the decoded frames (model/pose_warp.py)
 
 
 @dataclass
@@ -149,6 +151,8 @@ class AvatarStream:
         self._lock = threading.Lock()
         self._text: torch.Tensor | None = None
         self._pose: torch.Tensor | None = None  # [G, h, w] heatmaps held until changed
+        self._warp: PoseWarp | None = None  # anchored at the first pose after none
+        self._head: torch.Tensor | None = None  # [1, H, W, 2] the held pose's warp grid
         self._guidance = _guidance(options.guidance, pipeline.model_config)
         self._blinks = BlinkSchedule(options.seed, pipeline.config.fps) if reference.blink is not None else None
         self.closed = False
@@ -178,10 +182,18 @@ class AvatarStream:
             self._text = embedding
 
     def set_pose(self, keypoints: np.ndarray | Sequence[Sequence[float]] | None) -> None:
-        """Pose for the following chunks: [K, 3] (x, y in [0, 1], visibility) or None (free motion)."""
-        heatmaps = None if keypoints is None else self.pipeline.pose_heatmaps(keypoints, self.reference)
+        """Pose for the following chunks: [K, 3] (x, y in [0, 1], visibility) or None (free motion). The
+        head follows the pose relative to the first one set after None (model/pose_warp.py)."""
+        if keypoints is None:
+            with self._lock:
+                self._pose, self._warp, self._head = None, None, None
+            return
+        heatmaps = self.pipeline.pose_heatmaps(keypoints, self.reference)
+        points = _pose_points(keypoints)
+        warp = self._warp or self.pipeline.pose_warp(points, self.reference)
+        grid = warp.grid(points)
         with self._lock:
-            self._pose = heatmaps
+            self._pose, self._warp, self._head = heatmaps, warp, None if grid is None else grid[None]
 
     # ---------------------------------------------------------------- state
 
@@ -204,9 +216,10 @@ class AvatarStream:
         with self._lock:
             return not self.closed and self._audio.ready(self.state.frame_index, self.pipeline.config.chunk_frames)
 
-    def next_conditions(self, pose: torch.Tensor | None = None) -> ChunkConditions | None:
+    def next_conditions(self, pose: torch.Tensor | None = None,
+                        head: torch.Tensor | None = None) -> ChunkConditions | None:
         """Consume the audio of the next chunk (None when closed or short of audio); `pose`
-        [F, G, h, w] overrides the held pose."""
+        [F, G, h, w] and its warp grids `head` [F, H, W, 2] override the held pose."""
         f = self.pipeline.config.chunk_frames
         with self._lock:
             if self.closed or not self._audio.ready(self.state.frame_index, f):
@@ -214,11 +227,12 @@ class AvatarStream:
             windows = self._audio.windows(self.state.frame_index, f)  # [F, W, K, A]
             if pose is None and self._pose is not None:
                 pose = self._pose[None].expand(f, *self._pose.shape)  # [F, G, h, w]
+                head = self._head
             openness, guide = self.pipeline.mouth_guide(windows, self.reference)
             if guide is not None and self.reference.blink is not None and self._blinks is not None:
                 guide = self.reference.blink.apply(guide, self._blinks.closedness(self.state.frame_index, f))
             return ChunkConditions(audio=windows, pose=pose, text=self._text, guidance=self._guidance, guide=guide,
-                                   mouth_open=openness)
+                                   mouth_open=openness, head=head)
 
     def close(self) -> None:
         """Free the caches; the stream cannot be used afterwards (call it between generate calls)."""
@@ -402,6 +416,11 @@ class AvatarPipeline:
 
     # ---------------------------------------------------------------- pose
 
+    def pose_warp(self, anchor: np.ndarray, reference: ReferenceFeatures) -> PoseWarp:
+        """The head motion of a stream anchored at pose `anchor` [K, 3], aligned to the avatar's mouth."""
+        mouth = reference.mouth_bank.box if reference.mouth_bank is not None else None
+        return PoseWarp(anchor, reference.height, reference.width, mouth)
+
     def pose_heatmaps(self, keypoints: np.ndarray | Sequence[Sequence[float]], reference: ReferenceFeatures) -> torch.Tensor:
         """One pose [K, 3] (x, y in [0, 1], visibility) or [K, 2] -> heatmaps [G, h, w] at the latent grid."""
         points = _as_float_array(keypoints, "pose keypoints")
@@ -453,7 +472,7 @@ class AvatarPipeline:
                           steps=group_steps)  # [B, F, C, h, w]
             for (stream, conditions), start, chunk in zip(group, first, latents):
                 out[id(stream)] = LatentChunk(stream=stream, latents=chunk, first_frame=start,
-                                              mouth_open=_numpy(conditions.mouth_open))
+                                              mouth_open=_numpy(conditions.mouth_open), head=conditions.head)
         return [out[id(s)] for s in streams if id(s) in out]
 
     @torch.inference_mode()
@@ -468,6 +487,9 @@ class AvatarPipeline:
             frames = self.vae.decode_uint8(latents).numpy()  # [B*F, H, W, 3]
             for member, part in zip(members, np.array_split(frames, len(members))):
                 decoded[member] = part
+        for i, chunk in enumerate(chunks):
+            if chunk.head is not None:
+                decoded[i] = warp_frames(decoded[i], chunk.head)
         return [Chunk(stream=c.stream, frames=decoded[i],
                       audio_time_s=np.array([c.stream.audio_time(c.first_frame + k) for k in range(len(decoded[i]))]),
                       first_frame=c.first_frame, mouth_open=c.mouth_open) for i, c in enumerate(chunks)]
@@ -504,36 +526,41 @@ class AvatarPipeline:
         padded[: audio.size] = audio
         reference = self.encode_reference(image)
         heatmaps = self.clip_heatmaps(pose, reference, chunks * cfg.chunk_frames) if pose is not None else None
+        poses = _clip_poses(pose, chunks * cfg.chunk_frames) if pose is not None else None
         voiced = np.zeros(padded_frames, dtype=bool)
         voiced[:total] = voiced_frames(audio, total, spf).numpy() if vad else True
-        return self._render_chunks(reference, padded, voiced, heatmaps, total, text, seed, steps)
+        return self._render_chunks(reference, padded, voiced, heatmaps, poses, total, text, seed, steps)
 
     def _render_chunks(self, reference: ReferenceFeatures, padded: np.ndarray, voiced: np.ndarray,
-                       heatmaps: torch.Tensor | None, total: int, text: str | None, seed: int,
-                       steps: int | None) -> Iterator[np.ndarray]:
+                       heatmaps: torch.Tensor | None, poses: np.ndarray | None, total: int, text: str | None,
+                       seed: int, steps: int | None) -> Iterator[np.ndarray]:
         """The generator behind iter_render (inputs already checked, so errors surface before the first chunk)."""
         cfg = self.config
         spf = cfg.samples_per_frame
         stream = self.open_stream(reference, StreamOptions(text=text, seed=seed, steps=steps))
+        warp = None if poses is None else self.pose_warp(poses[0], reference)
         try:
             for frame, flag in enumerate(voiced):
                 stream.push_audio(padded[frame * spf : (frame + 1) * spf], voiced=bool(flag))
             for f0 in range(0, total, cfg.chunk_frames):
                 chunk_pose = None if heatmaps is None else heatmaps[f0 : f0 + cfg.chunk_frames]
-                frames = self.decode([self._sample_one(stream, chunk_pose, steps)])[0].frames
+                head = None if warp is None or poses is None else warp.grids(poses[f0 : f0 + cfg.chunk_frames])
+                frames = self.decode([self._sample_one(stream, chunk_pose, head, steps)])[0].frames
                 yield frames[: total - f0]
         finally:
             stream.close()
 
     @torch.inference_mode()
-    def _sample_one(self, stream: AvatarStream, pose: torch.Tensor | None, steps: int | None) -> LatentChunk:
-        """One chunk of one stream with an explicit per-frame pose (offline rendering)."""
+    def _sample_one(self, stream: AvatarStream, pose: torch.Tensor | None, head: torch.Tensor | None,
+                    steps: int | None) -> LatentChunk:
+        """One chunk of one stream with an explicit per-frame pose and its warp grids (offline rendering)."""
         start = stream.frame_index
-        conditions = stream.next_conditions(pose=pose)
+        conditions = stream.next_conditions(pose=pose, head=head)
         if conditions is None:
             raise RuntimeError("render padded the audio, yet the stream is short of it")
         latents = self.sampler.generate([stream.state], [conditions], steps=steps or stream.options.steps)
-        return LatentChunk(stream=stream, latents=latents[0], first_frame=start, mouth_open=_numpy(conditions.mouth_open))
+        return LatentChunk(stream=stream, latents=latents[0], first_frame=start, mouth_open=_numpy(conditions.mouth_open),
+                           head=conditions.head)
 
 
 #################################################################################
@@ -561,6 +588,19 @@ def _as_float_array(value: object, what: str) -> np.ndarray:
         return np.asarray(value, dtype=np.float32)
     except (TypeError, ValueError) as error:
         raise InputError(f"{what} must be a regular array of numbers: {error}") from error
+
+
+def _pose_points(keypoints: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    """One pose (already checked by pose_heatmaps) as [K, 3]: x, y and visibility (1 where not given)."""
+    points = _as_float_array(keypoints, "pose keypoints")
+    return points if points.shape[1] == 3 else np.c_[points, np.ones(len(points), np.float32)]
+
+
+def _clip_poses(pose: tuple[np.ndarray, np.ndarray], num_frames: int) -> np.ndarray:
+    """A clip's pose (already checked by clip_heatmaps) as [num_frames, K, 3], its last pose held."""
+    xy, visibility = (_as_float_array(a, "pose keypoints") for a in pose)
+    index = np.minimum(np.arange(num_frames), xy.shape[0] - 1)
+    return np.concatenate([xy[index], visibility[index, :, None]], axis=-1)
 
 
 def _guidance(option: Guidance | Mapping[str, float] | None, config: ModelConfig) -> Guidance | None:
