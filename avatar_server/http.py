@@ -238,3 +238,18 @@ def quiet_libraries() -> None:
     """Libraries that print progress bars when logging is at INFO log at WARNING and above only."""
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+
+
+async def start_uvicorn(config: Any) -> tuple[Any, "asyncio.Task[None]", int]:
+    """Serve `config` on the running event loop, without taking its signals: (server, its task, the bound port)
+    once it accepts connections (the in-process test server, the cluster's workers)."""
+    import uvicorn
+
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server._serve())
+    while not server.started:
+        if task.done():
+            task.result()
+            raise RuntimeError("the server stopped during startup")
+        await asyncio.sleep(0.01)
+    return server, task, server.servers[0].sockets[0].getsockname()[1]

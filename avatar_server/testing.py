@@ -8,7 +8,6 @@ that can be checked from the far end of a WebRTC connection:
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import threading
 import time
@@ -258,21 +257,12 @@ async def running_server(app: Any, host: str = "127.0.0.1") -> AsyncIterator[str
     The app's own settings (app.state.server.settings) shape uvicorn as `omnilive serve` does; log level
     warning unless those settings ask for more.
     """
-    import uvicorn
-
-    from avatar_server.http import uvicorn_config
+    from avatar_server.http import start_uvicorn, uvicorn_config
 
     settings = app.state.server.settings
     level = settings.log_level if settings.log_level in ("debug", "info") else "warning"
     config = uvicorn_config(app, settings, host=host, port=0, log_level=level, loop="none", timeout_graceful_shutdown=5)
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server._serve())
-    while not server.started:
-        if task.done():
-            task.result()
-            raise RuntimeError("the server stopped during startup")
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
+    server, task, port = await start_uvicorn(config)
     try:
         yield f"http://{host}:{port}"
     finally:

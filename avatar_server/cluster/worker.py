@@ -84,22 +84,12 @@ class AvatarWorker:
         return self.status()
 
     async def _serve(self) -> None:
-        import uvicorn
-
         from avatar_server.app import create_app
-        from avatar_server.http import uvicorn_config
+        from avatar_server.http import start_uvicorn, uvicorn_config
 
         handle = await asyncio.to_thread(self.factory, self.settings)
         app = create_app(self.settings, handle)
-        config = uvicorn_config(app, self.settings, host=self.host, port=0, loop="none")
-        server = uvicorn.Server(config)
-        task = asyncio.create_task(server.serve())
-        while not server.started:
-            if task.done():
-                task.result()
-                raise RuntimeError("the worker's server stopped during start-up")
-            await asyncio.sleep(0.05)
-        port = server.servers[0].sockets[0].getsockname()[1]
+        server, task, port = await start_uvicorn(uvicorn_config(app, self.settings, host=self.host, port=0, loop="none"))
         self.state, self._server, self._task = app.state.server, server, task
         self.url = f"http://{self.host}:{port}"
         logger.info("worker %s serving on %s (pid %d)", self.incarnation, self.url, os.getpid())
