@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -13,11 +14,12 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from websockets.asyncio.client import connect as ws_connect
 from websockets.exceptions import ConnectionClosed
 
 from avatar_server.cluster.placement import Load, Placement
-from avatar_server.cluster.settings import load_cluster_settings
+from avatar_server.cluster.settings import DEFAULT_CLUSTER_CONFIG, ClusterSettings, load_cluster_settings
 from avatar_server.problems import Problem
 from model.errors import InputError
 
@@ -80,6 +82,13 @@ def test_reconcile_keeps_sessions_recorded_after_the_status_was_asked() -> None:
     load = Load("w0", capacity=4, up=True, sessions={"s_old": 1.0, "s_gone": 1.0, "s_new": 5.0})
     load.reconcile(["s_old", "s_other"], asked_at=3.0)
     assert set(load.sessions) == {"s_old", "s_new", "s_other"}
+
+
+def test_cluster_yaml_lists_every_default_and_sets_none() -> None:
+    text = DEFAULT_CLUSTER_CONFIG.read_text()
+    uncommented = "\n".join(line[2:] if re.match(r"# *[a-z_]+:(\s|$)", line) else line for line in text.splitlines())
+    assert yaml.safe_load(uncommented) == ClusterSettings().model_dump(mode="json"), "cluster.yaml disagrees"
+    assert load_cluster_settings(environ={}) == ClusterSettings()
 
 
 def test_cluster_settings_file_environment_and_overrides(tmp_path: Path) -> None:
