@@ -194,8 +194,8 @@ async def test_two_workers_place_route_survive_a_killed_worker_and_drain() -> No
         killed_at = time.monotonic()
         events, code = await events_until_closed(events_a, timeout=30)
         assert code == 4404 and {"type": "error", "code": "worker_lost"}.items() <= events[-1].items(), events
-        await asyncio.sleep(max(0.0, killed_at + 5.0 - time.monotonic()))
-        b_fps = fps(b, killed_at + 1.0, 4.0)
+        await asyncio.sleep(max(0.0, killed_at + 5.3 - time.monotonic()))
+        b_fps = fps(b, killed_at, 5.0)  # the kill, the restart of that worker's process, its start-up
         assert b_fps >= 24, f"the other worker's session fell to {b_fps:.1f} fps (load {os.getloadavg()})"
         assert (await http.get(f"/v1/sessions/{id_a}")).status_code == 404
 
