@@ -43,6 +43,7 @@ class Worker:
     actor: Any                                   # ray ActorHandle of AvatarWorker
     status: WorkerStatus | None = None           # last status read (None: never read)
     relays: set[Relay] = field(default_factory=set)
+    incarnation: str | None = None               # the process the front last saw (WorkerStatus.incarnation)
     incarnations: int = 0                        # processes seen (1 + restarts)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -169,8 +170,11 @@ class WorkerPool:
             self._down(worker, f"status unanswered ({type(error).__name__})")
             worker.status = None  # not started as far as the front knows (no avatars, no requests)
             return
-        if worker.status is not None and status.incarnation != worker.status.incarnation:
-            self._down(worker, "its process was restarted")
+        if status.incarnation != worker.incarnation:
+            if worker.incarnation is not None:
+                self._down(worker, "its process was restarted")
+            worker.incarnation = status.incarnation
+            worker.incarnations += 1
         if status.url is None:
             status = await self._start(worker, status)
         worker.status = status
@@ -186,8 +190,7 @@ class WorkerPool:
 
     async def _start(self, worker: Worker, status: WorkerStatus) -> WorkerStatus:
         """A fresh process: serve, then push every uploaded avatar to it."""
-        worker.incarnations += 1
-        logger.info("worker %s: starting (pid %d, incarnation %d)", worker.name, status.pid, worker.incarnations)
+        logger.info("worker %s: starting (pid %d, process %d)", worker.name, status.pid, worker.incarnations)
         status = await asyncio.wait_for(worker.actor.start.remote(), self.cluster.start_timeout_s)
         worker.status = status  # from here on uploads go to it too
         pushes = [worker.actor.add_avatar.remote(data, name, avatar_id)
