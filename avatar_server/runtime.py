@@ -54,6 +54,7 @@ def load_pipeline(settings: ServerSettings) -> PipelineHandle:
             "avatar). Train one with `omnilive train` or set model.weights in the server config.", weights, model.config)
         pipe = AvatarPipeline.from_config(model.config, device=device)
         source = name = f"random-init {model.config}"
+    pipe.set_decode_precision(model.decode_precision)
     logger.info("model: %s on %s (%dx%d @ %d fps, %d-frame chunks, %d steps)", source, device,
                 pipe.config.width, pipe.config.height, pipe.config.fps, pipe.config.chunk_frames, pipe.config.steps)
     pose_keypoints = NUM_KEYPOINTS if pipe.dit.config.pose_channels > 0 else 0

@@ -42,6 +42,9 @@ class ModelSettings(_Section):
     device: str = Field(default="auto", description="'auto' (cuda when available), 'cpu', 'cuda', 'cuda:N'")
     torch_threads: int | None = Field(default=None, gt=0, description="intra-op threads; None keeps torch's default")
     steps: int | None = Field(default=None, gt=0, description="denoising steps; None: the model's default")
+    decode_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        default="auto", description="the VAE decode's arithmetic; auto: bfloat16 where the device runs it natively "
+                                    "(AVX-512 BF16 / AMX CPUs, CUDA), else float32")
 
 
 class EngineSettings(_Section):

@@ -270,6 +270,10 @@ class AvatarPipeline:
             raise InputError(f"VAE latents have {self.vae.latent_channels} channels, "
                              f"the DiT expects {self.dit.config.latent_channels}")
 
+    def set_decode_precision(self, precision: str) -> None:
+        """The VAE decode's arithmetic: "float32" (the default), "bfloat16" or "auto" (model/vae.py)."""
+        self.vae.set_decode_precision(precision)
+
     @property
     def guided(self) -> bool:
         """Whether the DiT takes a mouth guide (model/guide.py)."""

@@ -16,6 +16,8 @@ from model.errors import InputError
 logger = logging.getLogger(__name__)
 
 SAFETENSORS_NAME = "diffusion_pytorch_model.safetensors"  # what save_pretrained writes
+# the decoder's arithmetic: "auto" is bfloat16 where the device runs it natively (see native_bfloat16), else float32
+DECODE_PRECISIONS = ("auto", "float32", "bfloat16")
 RANDOM_OUTPUT_STD = 0.25  # pixel spread ([0, 1] units) of a random-init decoder after spread_random_output
 
 
@@ -30,6 +32,14 @@ class FrameVAE(nn.Module):
         super().__init__()
         # channels-last convolutions: ~30% less CPU per decoded frame, same results to float rounding
         self.autoencoder = autoencoder.to(memory_format=torch.channels_last)
+        self.decode_bfloat16 = False  # decode's convolutions under bfloat16 autocast (set_decode_precision)
+
+    def set_decode_precision(self, precision: str) -> None:
+        """"float32", "bfloat16" (the decoder's convolutions under autocast, weights and output stay float32;
+        frames differ from float32 by a few uint8 levels at most) or "auto" (bfloat16 where native_bfloat16)."""
+        if precision not in DECODE_PRECISIONS:
+            raise InputError(f"decode precision must be one of {DECODE_PRECISIONS}, got {precision!r}")
+        self.decode_bfloat16 = precision == "bfloat16" or (precision == "auto" and native_bfloat16(self.device))
 
     # ---------------------------------------------------------------- construction
 
@@ -123,11 +133,21 @@ class FrameVAE(nn.Module):
             raise ValueError(f"expected latents [N, {self.latent_channels}, h, w], got {tuple(latents.shape)}")
         raw = latents.to(device=self.device, dtype=self.dtype) / self.scaling_factor + self.shift_factor
         raw = raw.contiguous(memory_format=torch.channels_last)
-        return self.autoencoder.decode(raw).sample.clamp(-1.0, 1.0)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.decode_bfloat16):
+            frames = self.autoencoder.decode(raw).sample
+        return frames.float().clamp(-1.0, 1.0)
 
     def decode_uint8(self, latents: torch.Tensor) -> torch.Tensor:
         """Scaled latents [N, C, h, w] -> uint8 frames [N, H, W, 3] on the CPU (ready for video)."""
         return to_uint8_hwc(self.decode(latents))
+
+
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether `device` runs bfloat16 convolutions natively: a CUDA GPU that supports it, a CPU with oneDNN's
+    bfloat16 kernels (AVX-512 BF16 / AMX). Elsewhere bfloat16 is emulated and slower than float32."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 #################################################################################

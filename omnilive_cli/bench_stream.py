@@ -12,8 +12,10 @@ import time
 import numpy as np
 import torch
 
+from avatar_server.settings import ModelSettings
 from model.errors import InputError
 from model.pipeline import FALLBACK_MOUTH, AvatarPipeline, LatentChunk, StreamOptions
+from model.vae import DECODE_PRECISIONS
 from omnilive_cli.render import load_pipeline
 
 logger = logging.getLogger(__name__)
@@ -38,6 +40,8 @@ def register(targets: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--decode-precision", choices=DECODE_PRECISIONS, default=ModelSettings().decode_precision,
+                        help="the VAE decode's arithmetic (default: the server's, model.decode_precision)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.set_defaults(func=run)
 
@@ -128,6 +132,7 @@ def measure(pipe: AvatarPipeline, sessions: int, chunks: int, steps: int | None,
         "config": pipe.model_config.name,
         "device": str(pipe.device) if pipe.device.type != "cuda" else torch.cuda.get_device_name(pipe.device),
         "dtype": str(pipe.dit.dtype).removeprefix("torch."),
+        "vae_decode_bfloat16": pipe.vae.decode_bfloat16,
         "torch_threads": torch.get_num_threads(),
         "height": cfg.height,
         "width": cfg.width,
@@ -173,6 +178,7 @@ def run(args: argparse.Namespace) -> int:
             raise InputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     pipe = load_pipeline(args)
+    pipe.set_decode_precision(args.decode_precision)
     result = measure(pipe, args.sessions, args.chunks, args.steps, args.seed)
     result["random_init"] = bool(args.random_init)
     if args.random_init:

@@ -282,7 +282,8 @@ def test_readyz_names_the_model_without_its_path(monkeypatch: pytest.MonkeyPatch
     from avatar_server.settings import ROOT, load_settings
 
     config = SimpleNamespace(width=128, height=128, fps=25, chunk_frames=2, steps=2)
-    fake = SimpleNamespace(config=config, dit=SimpleNamespace(config=SimpleNamespace(pose_channels=0)))
+    fake = SimpleNamespace(config=config, dit=SimpleNamespace(config=SimpleNamespace(pose_channels=0)),
+                           set_decode_precision=lambda precision: None)
     monkeypatch.setattr(model.pipeline.AvatarPipeline, "from_pretrained", classmethod(lambda cls, *a, **k: fake))
     settings = load_settings("configs/server/test.yaml", environ={}, model={"weights": "weights/tiny"})
     handle = load_pipeline(settings)

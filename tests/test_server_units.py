@@ -194,3 +194,15 @@ def test_vad_worker_gates_speech_and_keeps_push_clear_order() -> None:
     assert any(c.voiced for c in pushes[:split])                       # speech is voiced
     assert not any(c.voiced for c in pushes[split:])                   # noise after the barge-in is not
     assert changes[0] is True and changes[-1] is False and worker.active == 0
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_the_server_decodes_at_the_configured_precision(tmp_path: Path, precision: str) -> None:
+    from avatar_server.runtime import load_pipeline
+    from avatar_server.settings import load_settings
+    from pipeline_helpers import write_micro_yaml
+
+    config = write_micro_yaml(tmp_path / "micro.yaml")
+    settings = load_settings("configs/server/test.yaml", environ={},
+                             model={"weights": None, "config": str(config), "decode_precision": precision})
+    assert load_pipeline(settings).pipe.vae.decode_bfloat16 == (precision == "bfloat16")

@@ -5,7 +5,7 @@ import torch
 
 from model.config import VAESection, load_model_config
 from model.errors import InputError
-from model.vae import FrameVAE, to_uint8_hwc
+from model.vae import FrameVAE, native_bfloat16, to_uint8_hwc
 
 
 def _tiny_vae() -> FrameVAE:
@@ -96,3 +96,24 @@ def test_spread_random_output_gives_visible_mid_grey_frames():
         after = vae.decode_uint8(latents).float()
     assert after.std() > max(30.0, 2 * before.std())
     assert 90 < after.mean() < 165
+
+
+def test_decode_precision_is_honoured():
+    """float32 decodes exactly as before; bfloat16 runs the decoder under autocast (float32 frames, close to the
+    float32 ones); auto follows the device; anything else is refused."""
+    vae = _tiny_vae()
+    latents = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        exact = vae.decode(latents)
+        vae.set_decode_precision("bfloat16")
+        assert vae.decode_bfloat16
+        low = vae.decode(latents)
+        vae.set_decode_precision("float32")
+        assert not vae.decode_bfloat16
+        torch.testing.assert_close(vae.decode(latents), exact, rtol=0, atol=0)
+    assert low.dtype == torch.float32 and low.shape == exact.shape
+    assert 0 < (low - exact).abs().max() < 0.1
+    vae.set_decode_precision("auto")
+    assert vae.decode_bfloat16 == native_bfloat16(vae.device)
+    with pytest.raises(InputError, match="decode precision"):
+        vae.set_decode_precision("float16")
