@@ -137,12 +137,14 @@ class SamplerSection(_Section):
 
 
 class GuideSection(_Section):
-    """The mouth guide (model/guide.py): bank openings drawn per avatar and the hidden mouth cells; blinks."""
+    """The mouth guide (model/guide.py): bank openings drawn per avatar and the hidden mouth cells; blinks; head motion."""
 
     openings: int = Field(default=5, ge=2, description="mouth openings in each avatar's bank (0 to 1)")
     cell_threshold: float = Field(default=0.15, gt=0, description="latent change that marks a cell as mouth")
     blinks: bool = Field(default=False, description="shut the avatar's eyes every few seconds (model/blinks.py); "
                          "avatars whose eyes are not found above the mouth do not blink")
+    head_motion: bool = Field(default=False, description="sway the head and nod while speaking when no pose is "
+                              "given (model/head_motion.py)")
 
 
 class VideoSection(_Section):

@@ -29,6 +29,7 @@ from model.dit import OmniHumanDiT
 from model.errors import InputError
 from model.flow import Guidance
 from model.guide import MouthBank, build_mouth_bank
+from model.head_motion import HeadRig, HeadSway
 from model.media import cover_crop
 from model.pose_warp import PoseWarp, warp_frames
 from model.streaming import ChunkConditions, StreamingSampler, StreamState
@@ -99,6 +100,7 @@ class ReferenceFeatures:
     mouth_bank: MouthBank | None = None  # guide models: the avatar at several mouth openings
     still: np.ndarray | None = None  # guide models: uint8 [H, W, 3], the frame the model shows with the mouth shut
     blink: BlinkBank | None = None  # guide models with blinks, when the avatar's eyes were found: its eyes shut
+    head: HeadRig | None = None  # guide models with head motion: the control points that sway its head
 
     @property
     def height(self) -> int:
@@ -155,6 +157,7 @@ class AvatarStream:
         self._head: torch.Tensor | None = None  # [1, H, W, 2] the held pose's warp grid
         self._guidance = _guidance(options.guidance, pipeline.model_config)
         self._blinks = BlinkSchedule(options.seed, pipeline.config.fps) if reference.blink is not None else None
+        self._sway = HeadSway(options.seed, pipeline.config.fps) if reference.head is not None else None
         self.closed = False
         self.set_text(options.text)
 
@@ -231,6 +234,9 @@ class AvatarStream:
             openness, guide = self.pipeline.mouth_guide(windows, self.reference)
             if guide is not None and self.reference.blink is not None and self._blinks is not None:
                 guide = self.reference.blink.apply(guide, self._blinks.closedness(self.state.frame_index, f))
+            if pose is None and openness is not None and self.reference.head is not None and self._sway is not None:
+                poses = self._sway.poses(self.state.frame_index, openness.float().cpu().numpy())  # [F, 3]
+                head = self.reference.head.grids(poses)
             return ChunkConditions(audio=windows, pose=pose, text=self._text, guidance=self._guidance, guide=guide,
                                    mouth_open=openness, head=head)
 
@@ -371,7 +377,7 @@ class AvatarPipeline:
         width = width or self.config.width
         self.model_config.check_size(height, width)
         pixels = cover_crop(_as_pil(image), height, width)  # uint8 [H, W, 3]
-        bank = still = blink = None
+        bank = still = blink = head = None
         if self.guided:
             guide = self.model_config.guide
             box = mouth or self.locate_mouth(pixels)
@@ -385,10 +391,11 @@ class AvatarPipeline:
                                          guide.cell_threshold).to(self.device, self.dit.dtype)
             elif guide.blinks:
                 logger.info("no eyes found above the mouth at %s: this avatar does not blink", box.as_list())
+            head = HeadRig(box, height, width) if guide.head_motion else None
         else:
             latents = self.vae.encode(torch.from_numpy(pixels).permute(2, 0, 1)[None])  # [1, C, h, w]
         latents = latents.expand(self.config.reference_frames, *latents.shape[1:]).contiguous()  # [R, C, h, w]
-        return ReferenceFeatures(latents=latents, image=pixels, mouth_bank=bank, still=still, blink=blink)
+        return ReferenceFeatures(latents=latents, image=pixels, mouth_bank=bank, still=still, blink=blink, head=head)
 
     def locate_mouth(self, image: np.ndarray) -> MouthBox:
         """The closed mouth on a cropped reference uint8 [H, W, 3]: the checkpoint's locator (InputError when

@@ -37,7 +37,7 @@ MIN_CONTROL_POINTS = 3    # fewer visible keypoints than this: the frame is not 
 #                               Thin-plate spline                               #
 #################################################################################
 
-def _radial(squared: np.ndarray) -> np.ndarray:
+def thin_plate_kernel(squared: np.ndarray) -> np.ndarray:
     """The thin-plate kernel U(r) = r^2 log r^2 (0 at r = 0)."""
     return np.where(squared > 0, squared * np.log(np.maximum(squared, 1e-12)), 0.0)
 
@@ -46,7 +46,7 @@ def tps_grid(target: np.ndarray, source: np.ndarray, height: int, width: int) ->
     """Backward sampling grid [H, W, 2] (grid_sample's [-1, 1] coords) under which the point at `source[i]`
     lands on `target[i]`; both [N, 2] in [0, 1] image coordinates."""
     n = len(target)
-    kernel = _radial(((target[:, None] - target[None]) ** 2).sum(-1)) + REGULARISATION * np.eye(n)  # [N, N]
+    kernel = thin_plate_kernel(((target[:, None] - target[None]) ** 2).sum(-1)) + REGULARISATION * np.eye(n)  # [N, N]
     affine = np.c_[np.ones(n), target]  # [N, 3]
     system = np.zeros((n + 3, n + 3))
     system[:n, :n], system[:n, n:], system[n:, :n] = kernel, affine, affine.T
@@ -56,7 +56,7 @@ def tps_grid(target: np.ndarray, source: np.ndarray, height: int, width: int) ->
     steps = (np.arange(COARSE_GRID) + 0.5) / COARSE_GRID
     ys, xs = np.meshgrid(steps, steps, indexing="ij")
     queries = np.stack([xs, ys], -1).reshape(-1, 2)  # [G*G, 2]
-    mapped = (_radial(((queries[:, None] - target[None]) ** 2).sum(-1)) @ coefficients[:n]
+    mapped = (thin_plate_kernel(((queries[:, None] - target[None]) ** 2).sum(-1)) @ coefficients[:n]
               + np.c_[np.ones(len(queries)), queries] @ coefficients[n:])  # [G*G, 2]
     coarse = torch.from_numpy(mapped.reshape(1, COARSE_GRID, COARSE_GRID, 2) * 2 - 1).float()
     fine = F.interpolate(coarse.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 from model.errors import InputError
 from model.media import check_writable
 from model.train.evaluate import (
+    DEFAULT_READER,
     DEFAULT_REFERENCE,
     DEFAULT_STEPS,
     FRAMING_ORDER,
@@ -49,6 +50,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="the avatar picture that speaks the recordings (default: the server's default avatar)")
     parser.add_argument("--pause-s", type=float, default=1.0, help="silence after each recording, seconds")
     parser.add_argument("--save-video", metavar="PATH", help="write the human-voice video (default steps) as mp4")
+    parser.add_argument("--reader", metavar="DIR", default=str(DEFAULT_READER),
+                        help="the mouth reader that reads mouth openness on frames (default: weights/mouth-reader)")
+    parser.add_argument("--dark-pixels", action="store_true",
+                        help="read mouth openness as the share of dark pixels in the lip box instead of the reader")
     parser.add_argument("--no-vad", action="store_true", help="push all audio as voiced (no silero-vad gating)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -107,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
                             drift_minutes=args.drift_minutes, seed=args.seed,
                             framings=tuple(args.framing) if args.framing else None,
                             steps_list=_steps_list(args.steps_list), human_voice=recordings, reference=reference,
-                            pause_s=args.pause_s, save_video=save_video)
+                            pause_s=args.pause_s, save_video=save_video,
+                            reader=None if args.dark_pixels else Path(args.reader))
     make_activity = None
     if not args.no_vad:
         from avatar_server.settings import VADSettings

@@ -1,4 +1,5 @@
-"""`omnilive train --config configs/train/NAME.yaml`: train the frame VAE, the DiT (omni-conditions) or the mouth locator."""
+"""`omnilive train --config configs/train/NAME.yaml`: train the frame VAE, the DiT (omni-conditions), the audio->motion
+model, the mouth locator or the mouth reader (an evaluation instrument)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ import sys
 from pathlib import Path
 
 from model.errors import InputError
-from model.train.config import DitTrainConfig, LocatorTrainConfig, MotionTrainConfig, load_train_config
+from model.train.config import (
+    DitTrainConfig,
+    LocatorTrainConfig,
+    MotionTrainConfig,
+    ReaderTrainConfig,
+    load_train_config,
+)
 from model.train.distributed import init_distributed, launch, shutdown_distributed
 from model.yaml_config import parse_overrides
 
@@ -19,8 +26,8 @@ logger = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` parser."""
     parser = subparsers.add_parser(
-        "train", help="train the frame VAE, the DiT, the audio->motion model or the mouth locator from a training config",
-        description="Train from configs/train/*.yaml (kind: vae, dit, motion or locator). Resumes from the newest checkpoint "
+        "train", help="train the frame VAE, the DiT, the audio->motion model, the mouth locator or the mouth reader",
+        description="Train from configs/train/*.yaml (kind: vae, dit, motion, locator or reader). Resumes from the newest checkpoint "
                     "in the run's output_dir unless --no-resume. Multi-process: --nproc N here, or torchrun.",
     )
     parser.add_argument("--config", required=True, help="training config YAML (e.g. configs/train/tiny.yaml)")
@@ -53,6 +60,9 @@ def train_entry(
         elif isinstance(config, MotionTrainConfig):
             from model.train.motion_trainer import train_motion
             result = train_motion(config)
+        elif isinstance(config, ReaderTrainConfig):
+            from model.train.reader_trainer import train_reader
+            result = train_reader(config)
         elif isinstance(config, LocatorTrainConfig):
             from model.train.locator_trainer import train_locator
             result = train_locator(config, ctx, resume=resume, until=until)

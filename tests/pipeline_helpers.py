@@ -9,6 +9,7 @@ import yaml
 
 from model.conditioning.heatmaps import NUM_HEATMAP_CHANNELS
 from model.config import ModelConfig, load_model_config
+from model.pipeline import AvatarPipeline
 
 MICRO_OVERRIDES = {
     "name": "micro",
@@ -66,3 +67,10 @@ def reference_image(height: int = 90, width: int = 70, seed: int = 0) -> np.ndar
     disc = (yy - height / 2) ** 2 + (xx - width / 2) ** 2 < (min(height, width) / 4) ** 2
     image[disc] = [230, 190, 160]
     return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def with_guide(pipe: AvatarPipeline, **changes: object) -> AvatarPipeline:
+    """The pipeline with its model config's guide section changed (e.g. head_motion=False), for later references."""
+    guide = pipe.model_config.guide.model_copy(update=changes)
+    pipe.model_config = pipe.model_config.model_copy(update={"guide": guide})
+    return pipe

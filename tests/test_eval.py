@@ -152,13 +152,13 @@ def test_stillness_and_similarity_of_ground_truth_against_itself() -> None:
     clip = HeldoutClip(id="c", framing="face", caption="", frames=video, audio=np.zeros(frames * 640, np.float32),
                        xy=np.zeros((frames, kp.NUM_KEYPOINTS, 2)), visibility=np.ones((frames, kp.NUM_KEYPOINTS)),
                        mouth_open=mouth.astype(np.float32), boxes=[mouth_box(lips[t], 32, 32) for t in range(frames)])
-    truth = stream_figures(clip, video, chunk_frames=4)
+    truth = stream_figures(clip, video, chunk_frames=4, measure=mouth_openness)
     assert truth["stillness_ratio"] == pytest.approx(1.0) and truth["similarity_ratio"] == pytest.approx(1.0)
     silent = silent_mask(clip.speaking)
     assert silent.sum() == 20 - 2 * 3 and stillness(video, silent) > 0
     jittery = video.copy()
     jittery[silent] = rng.integers(0, 255, jittery[silent].shape)
-    assert stream_figures(clip, jittery, chunk_frames=4)["stillness_ratio"] > 1.5
+    assert stream_figures(clip, jittery, chunk_frames=4, measure=mouth_openness)["stillness_ratio"] > 1.5
 
 
 def test_eval_command_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
@@ -178,9 +178,10 @@ def test_eval_command_reports_every_figure(tmp_path: Path, capsys: pytest.Captur
     code = main(["eval", "--checkpoint", str(tmp_path / "ckpt"), "--data", str(root), "--split", "val", "--clips", "1",
                  "--framing", "face", "--sweep-steps", "1", "--sweep-cfg", "1,2", "--drift-minutes", "0.02", "--no-vad",
                  "--steps-list", "DEFAULT,2", "--human-voice", str(voices), "--reference", str(reference), "--pause-s", "0.5",
-                 "--save-video", str(tmp_path / "voice.mp4"), "--json"])
+                 "--save-video", str(tmp_path / "voice.mp4"), "--dark-pixels", "--json"])
     assert code == 0
     result = json.loads(capsys.readouterr().out)
+    assert result["lip_measure"] == "dark pixels"
     for key in ("lipsync_corr", "metric_validity", "lipsync_vae_ceiling", "silence_ratio", "psnr", "ssim", "seam_ratio", "motion_ratio"):
         assert key in result
     for key in ("similarity_ref", "similarity_ref_truth", "similarity_ratio", "stillness_ratio"):

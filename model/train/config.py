@@ -249,7 +249,43 @@ class MotionTrainConfig(_Strict):
     vad_gate_prob: float = Field(0.7, ge=0.0, le=1.0, description="gate unvoiced frames to silence, as the server's VAD does")
 
 
-TrainConfig = VaeTrainConfig | DitTrainConfig | MotionTrainConfig | LocatorTrainConfig
+class ReaderDataConfig(_Strict):
+    """Studio clips with keypoint mouth openness: the frames to learn from and the held-out split."""
+
+    root: str
+    split: str = "train"
+    heldout_split: str = "val"
+    framings: list[str] | None = Field(None, description="keep only clips of these framings (face, portrait, ...)")
+    frame_step: int = Field(3, ge=1, description="every this-many-th frame of each training clip")
+    heldout_frame_step: int = Field(3, ge=1)
+
+
+class ReaderAugmentConfig(_Strict):
+    """Jittered lip boxes, decoded frames, colour changes and flips."""
+
+    shift: float = Field(0.3, ge=0.0, description="box centre moves by up to +-shift/2 of the box width")
+    scale: float = Field(0.3, ge=0.0, description="box size x (1 +- scale/2)")
+    contrast: float = Field(0.2, ge=0.0, description="contrast factor ~ 1 + U(-c, c)")
+    colour: float = Field(0.15, ge=0.0, description="per-channel offset ~ U(-c, c) in [-1, 1] units")
+    channel_shuffle_prob: float = Field(0.2, ge=0.0, le=1.0, description="permute RGB (other skin colours)")
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    vae_fraction: float = Field(0.5, ge=0.0, le=1.0, description="share of crops taken from the VAE's round trip")
+
+
+class ReaderTrainConfig(_Strict):
+    """`kind: reader`: the MouthReader evaluation instrument (model/train/mouth_reader.py) on studio frames."""
+
+    kind: Literal["reader"]
+    data: ReaderDataConfig
+    run: RunConfig
+    optim: OptimConfig = OptimConfig()
+    augment: ReaderAugmentConfig = ReaderAugmentConfig()
+    vae: str | None = Field(None, description="a VAE folder: decoded frames join the training (vae_fraction)")
+    model: dict[str, int | list[int]] = Field(default_factory=dict, description="MouthReader config overrides")
+    export_dir: str | None = Field(None, description="write the trained MouthReader folder (+ training.json) here")
+
+
+TrainConfig = VaeTrainConfig | DitTrainConfig | MotionTrainConfig | LocatorTrainConfig | ReaderTrainConfig
 
 
 #################################################################################
@@ -261,7 +297,8 @@ def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = No
     raw = read_yaml_config(path, "training config", overrides)
     kind = raw.get("kind")
     schema = {"vae": VaeTrainConfig, "dit": DitTrainConfig, "motion": MotionTrainConfig,
-              "locator": LocatorTrainConfig}.get(kind)
+              "locator": LocatorTrainConfig, "reader": ReaderTrainConfig}.get(kind)
     if schema is None:
-        raise InputError(f"training config {path}: 'kind' must be 'vae', 'dit', 'motion' or 'locator', got {kind!r}")
+        raise InputError(f"training config {path}: 'kind' must be 'vae', 'dit', 'motion', 'locator' or 'reader', "
+                         f"got {kind!r}")
     return validate_config(schema, raw, path, "training config")

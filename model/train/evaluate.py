@@ -2,8 +2,9 @@
 
 Every figure is measured on decoded RGB frames, never on latents:
 - lip sync: Pearson correlation between the ground-truth mouth openness (studio keypoints) and the
-  openness measured on generated frames = fraction of dark pixels (luma < 0.8 x the box median)
-  inside the ground-truth lip-contour box; `metric_validity` is the same correlation measured on the
+  openness read on generated frames in the lip box: by the mouth reader (weights/mouth-reader, a small
+  CNN trained on studio frames against their keypoint openness) or, without one, the fraction of dark
+  pixels (luma < 0.8 x the box median); `metric_validity` is the same correlation measured on the
   ground-truth frames, i.e. how well the frame measure can follow a mouth at this resolution, and
   `lipsync_vae_ceiling` the same on the ground truth passed through the checkpoint's VAE (encode ->
   decode): the most lip sync any DiT can reach through that VAE.
@@ -17,7 +18,7 @@ Every figure is measured on decoded RGB frames, never on latents:
 - stillness: frame-to-frame change inside silent stretches, generated / ground truth.
 - by steps: the audio-only stream's figures at each step count of `steps_list` (default steps and 1).
 - human voice: recorded speech (not the studio's TTS) joined with pauses and streamed through the avatar
-  picture; the dark-pixel openness in the avatar's mouth box against the voice's loudness envelope,
+  picture; the openness read in the avatar's mouth box against the voice's loudness envelope,
   beside the same figures of studio ground truth (the yardstick).
 """
 
@@ -60,6 +61,7 @@ from model.train.metrics import (
     uint8_to_float,
     voice_figures,
 )
+from model.train.mouth_reader import MouthReader
 
 logger = logging.getLogger(__name__)
 
@@ -69,10 +71,24 @@ SPEAKING_OPEN = 0.08          # ground-truth mouth_open above this = speaking fr
 DEFAULT_STEPS = "DEFAULT"     # in a steps list: the checkpoint's own step count
 HUMAN_VOICE_DIR = Path("/usr/share/sounds/alsa")  # Debian alsa-utils' recorded speech (48 kHz wav)
 DEFAULT_REFERENCE = Path(__file__).resolve().parents[2] / "avatar_server" / "assets" / "default_avatar.png"
+DEFAULT_READER = Path(__file__).resolve().parents[2] / "weights" / "mouth-reader"
 YARDSTICK_CLIPS = 4           # studio clips whose ground truth is the human-voice yardstick
 # the audio-only stream's figures, per clip, reported for every step count (by_steps) and at the top level
 STREAM_KEYS = ("lipsync_corr", "silence_ratio", "open_speaking", "open_silent", "psnr_audio_only", "motion_ratio",
                "seam_ratio", "stillness_ratio", "similarity_ref", "similarity_ref_truth", "similarity_ratio")
+
+
+Box = tuple[int, int, int, int]
+OpennessMeasure = Callable[[np.ndarray, list[Box]], np.ndarray]  # frames [T, H, W, 3], boxes -> openness [T]
+
+
+def openness_measure(reader: Path | None) -> tuple[OpennessMeasure, str]:
+    """The frame measure of mouth openness and its name: the mouth reader in `reader` or the dark pixels."""
+    if reader is None:
+        return mouth_openness, "dark pixels"
+    if not (reader / "config.json").is_file():
+        raise InputError(f"mouth reader folder not found: {reader} (train it: configs/train/mouth-reader.yaml)")
+    return MouthReader.from_pretrained(str(reader)).eval().read, f"mouth reader ({reader})"
 
 
 class VoiceActivity(Protocol):
@@ -98,6 +114,7 @@ class EvalSettings:
     human_voice: tuple[Path, ...] = ()  # recordings for the human-voice figure (empty: skip it)
     reference: Path = DEFAULT_REFERENCE  # the avatar picture that speaks them
     pause_s: float = 1.0          # silence between (and after) the recordings
+    reader: Path | None = DEFAULT_READER  # the mouth reader folder (None: the dark-pixel measure)
     save_video: Path | None = None  # write the default-steps human-voice video here (mp4 with the audio)
 
 
@@ -210,25 +227,28 @@ def _truth_corr(truth: np.ndarray, measured: np.ndarray) -> float:
     return pearson(truth, measured) if np.ptp(truth) > 0 else float("nan")
 
 
-def lip_sync(clip: HeldoutClip, frames: np.ndarray) -> float:
+def lip_sync(clip: HeldoutClip, frames: np.ndarray, measure: OpennessMeasure) -> float:
     """Correlation of the ground-truth mouth openness with the openness measured on `frames`."""
     n = min(len(frames), len(clip.frames))
-    return _truth_corr(np.nan_to_num(clip.mouth_open[:n]), mouth_openness(frames[:n], clip.boxes[:n]))
+    return _truth_corr(np.nan_to_num(clip.mouth_open[:n]), measure(frames[:n], clip.boxes[:n]))
 
 
-def lip_figures(clip: HeldoutClip, generated: np.ndarray) -> dict[str, float]:
-    """Lip-sync correlation and silence ratio of generated frames, plus the measure's validity on ground truth."""
+def lip_figures(clip: HeldoutClip, generated: np.ndarray, measure: OpennessMeasure) -> dict[str, float]:
+    """Lip-sync correlation and silence ratio of an audio-only stream, plus the measure's validity on ground
+    truth. Without a pose the avatar's head stays where the reference (the clip's first frame) has it, so the
+    stream's mouth is read in that frame's lip box; the ground truth's in its own box, which follows its head
+    (reading a still mouth in a box that sways with another video's head measures the sway, not the mouth)."""
     n = min(len(generated), len(clip.frames))
-    measured = mouth_openness(generated[:n], clip.boxes[:n])
+    measured = measure(generated[:n], clip.boxes[:1] * n)
     truth = np.nan_to_num(clip.mouth_open[:n])
     silent = silent_mask(clip.speaking[:n])
     speaking = clip.speaking[:n]
     keep = silent | speaking
-    truth_measured = mouth_openness(clip.frames[:n], clip.boxes[:n])
+    truth_measured = measure(clip.frames[:n], clip.boxes[:n])
     shut = shut_reading(truth_measured)  # the measure's zero for these boxes: the ground truth's shut mouth
     return {
         "lipsync_corr": _truth_corr(truth, measured),
-        "metric_validity": lip_sync(clip, clip.frames[:n]),
+        "metric_validity": _truth_corr(truth, truth_measured),
         # both above the same zero, so a generated mouth that never shuts is not excused
         "silence_ratio": silence_ratio(measured[keep], speaking[keep], shut) if silent.any() else float("nan"),
         "silence_ratio_truth": silence_ratio(truth_measured[keep], speaking[keep], shut) if silent.any() else float("nan"),
@@ -249,14 +269,15 @@ def motion_energy(frames: np.ndarray) -> float:
     return float(np.abs(np.diff(frames.astype(np.float32), axis=0)).mean())
 
 
-def stream_figures(clip: HeldoutClip, streamed: np.ndarray, chunk_frames: int) -> dict[str, float]:
+def stream_figures(clip: HeldoutClip, streamed: np.ndarray, chunk_frames: int,
+                   measure: OpennessMeasure) -> dict[str, float]:
     """The audio-only stream's figures of one clip (STREAM_KEYS): lips, silence, seams, stillness, identity."""
     n = min(len(streamed), len(clip.frames))
     reference = clip.frames[0]
     silent = silent_mask(clip.speaking[:n])
     still_truth = stillness(clip.frames[:n], silent)
     similarity, similarity_truth = appearance_similarity(streamed, reference), appearance_similarity(clip.frames, reference)
-    figures = {**lip_figures(clip, streamed),
+    figures = {**lip_figures(clip, streamed, measure),
                "psnr_audio_only": psnr(uint8_to_float(streamed[:n]), uint8_to_float(clip.frames[:n])),
                "motion_ratio": motion_energy(streamed) / max(motion_energy(clip.frames), 1e-6),
                "seam_ratio": seam_ratio(streamed, chunk_frames),
@@ -292,6 +313,7 @@ def evaluate(checkpoint: Path, data: Path, settings: EvalSettings,
              make_activity: Callable[[], VoiceActivity] | None = None) -> dict:
     """All figures of the checkpoint on held-out clips of `data` (see the module docstring)."""
     began = time.monotonic()
+    measure, measure_name = openness_measure(settings.reader)
     pipe = AvatarPipeline.from_pretrained(checkpoint)
     wanted = max(settings.clips, settings.sweep_clips, YARDSTICK_CLIPS if settings.human_voice else 1)
     clips = load_heldout(data, settings, pipe, wanted)
@@ -306,37 +328,38 @@ def evaluate(checkpoint: Path, data: Path, settings: EvalSettings,
         rendered = pipe.render(reference, clip.audio, pose=(clip.xy, clip.visibility), text=clip.caption, seed=settings.seed)
         n = min(len(rendered), len(clip.frames))
         truth, fake = uint8_to_float(clip.frames[:n]), uint8_to_float(rendered[:n])
-        row = {"id": clip.id, "framing": clip.framing, "frames": len(clip.frames), **lip_figures(clip, streamed),
-               **stream_figures(clip, streamed, chunk_frames),
-               "lipsync_corr_pose": lip_sync(clip, rendered),
-               "lipsync_vae_ceiling": lip_sync(clip, vae_roundtrip(pipe, clip.frames)),
+        row = {"id": clip.id, "framing": clip.framing, "frames": len(clip.frames),
+               **lip_figures(clip, streamed, measure), **stream_figures(clip, streamed, chunk_frames, measure),
+               "lipsync_corr_pose": lip_sync(clip, rendered, measure),
+               "lipsync_vae_ceiling": lip_sync(clip, vae_roundtrip(pipe, clip.frames), measure),
                "psnr": psnr(fake, truth), "ssim": ssim(fake, truth)}
         per_clip.append(row)
         for label, steps in labels.items():
             if label == default_label:
-                per_steps[label].append(stream_figures(clip, streamed, chunk_frames))
+                per_steps[label].append(stream_figures(clip, streamed, chunk_frames, measure))
                 continue
             activity = make_activity() if make_activity else None
             frames = stream_clip(pipe, reference, clip.audio, len(clip.frames), clip.caption, settings.seed,
                                  steps=steps, activity=activity)
-            per_steps[label].append(stream_figures(clip, frames, chunk_frames))
+            per_steps[label].append(stream_figures(clip, frames, chunk_frames, measure))
         logger.info("eval %s (%s): %s", clip.id, clip.framing,
                     ", ".join(f"{k}={v:.3f}" for k, v in row.items() if isinstance(v, float)))
     summary = summarize(per_clip, ("lipsync_corr", "lipsync_corr_pose", "lipsync_vae_ceiling", "metric_validity",
                                    "silence_ratio_truth", "psnr", "ssim") + STREAM_KEYS)
     result = {"checkpoint": str(checkpoint), "data": str(data), "split": settings.split, "clips": len(per_clip),
-              "chunk_frames": chunk_frames, "steps": pipe.config.steps, "vad": make_activity is not None, **summary,
+              "chunk_frames": chunk_frames, "steps": pipe.config.steps, "vad": make_activity is not None,
+              "lip_measure": measure_name, **summary,
               "by_steps": {label: summarize(rows, STREAM_KEYS) for label, rows in per_steps.items()},
-              "sweep": sweep(pipe, clips[: settings.sweep_clips], settings, make_activity),
+              "sweep": sweep(pipe, clips[: settings.sweep_clips], settings, measure, make_activity),
               "drift": drift(pipe, clips[0], settings) if settings.drift_minutes > 0 else None,
-              "human_voice": human_voice_report(pipe, clips[:YARDSTICK_CLIPS], settings, make_activity)
+              "human_voice": human_voice_report(pipe, clips[:YARDSTICK_CLIPS], settings, measure, make_activity)
               if settings.human_voice else None,
               "per_clip": per_clip}
     result["wall_s"] = round(time.monotonic() - began, 1)
     return result
 
 
-def sweep(pipe: AvatarPipeline, clips: list[HeldoutClip], settings: EvalSettings,
+def sweep(pipe: AvatarPipeline, clips: list[HeldoutClip], settings: EvalSettings, measure: OpennessMeasure,
           make_activity: Callable[[], VoiceActivity] | None) -> list[dict]:
     """Lip sync, silence and seams for every (steps, audio CFG scale) pair, on audio-only streams."""
     if not clips:
@@ -352,7 +375,7 @@ def sweep(pipe: AvatarPipeline, clips: list[HeldoutClip], settings: EvalSettings
                 activity = make_activity() if make_activity else None
                 frames = stream_clip(pipe, clip.frames[0], clip.audio, len(clip.frames), clip.caption, settings.seed,
                                      steps=steps, guidance=guidance, activity=activity)
-                figures.append({**lip_figures(clip, frames), "seam_ratio": seam_ratio(frames, pipe.config.chunk_frames)})
+                figures.append({**lip_figures(clip, frames, measure), "seam_ratio": seam_ratio(frames, pipe.config.chunk_frames)})
             row = {"steps": steps, "audio_cfg": scale,
                    **{k: _nanmean([f[k] for f in figures]) for k in ("lipsync_corr", "silence_ratio", "seam_ratio")},
                    "ms_per_frame": round(1000 * (time.monotonic() - began) / max(1, sum(len(c.frames) for c in clips)), 1)}
@@ -406,11 +429,11 @@ def frame_pauses(pause_samples: np.ndarray, samples_per_frame: int, frames: int,
     return silent_mask(~inside, min_run=2 * edge + 1, edge=edge)
 
 
-def human_voice(pipe: AvatarPipeline, reference_image: Path | np.ndarray, recordings: list[Path], pause_s: float = 1.0,
-                steps: int | None = None, *, make_activity: Callable[[], VoiceActivity] | None = None, seed: int = 0,
-                save_video: Path | None = None) -> dict:
-    """Stream recordings (joined with pauses) through the avatar picture as the server does; the dark-pixel
-    openness in the avatar's mouth box against the voice's loudness (see metrics.voice_figures)."""
+def human_voice(pipe: AvatarPipeline, reference_image: Path | np.ndarray, recordings: list[Path], measure: OpennessMeasure,
+                pause_s: float = 1.0, steps: int | None = None, *, make_activity: Callable[[], VoiceActivity] | None = None,
+                seed: int = 0, save_video: Path | None = None) -> dict:
+    """Stream recordings (joined with pauses) through the avatar picture as the server does; the openness
+    `measure` reads in the avatar's mouth box against the voice's loudness (see metrics.voice_figures)."""
     rate, per_frame = pipe.config.sample_rate, pipe.config.samples_per_frame
     audio, pauses = join_recordings(list(recordings), rate, pause_s)
     frames = -(-len(audio) // per_frame)
@@ -424,7 +447,7 @@ def human_voice(pipe: AvatarPipeline, reference_image: Path | np.ndarray, record
         with Mp4Writer(save_video, pipe.config.fps, audio, rate) as writer:
             writer.write(video)
     envelope = loudness_envelope(audio, per_frame, frames)
-    openness = mouth_openness(video, [pixel_box] * len(video))
+    openness = measure(video, [pixel_box] * len(video))
     figures = voice_figures(openness, envelope, silent=frame_pauses(pauses, per_frame, frames))
     if features.still is not None:  # the still avatar's own mouth-box change, beside the colour-based measure
         figures["change_corr"] = voice_figures(mouth_change(video, features.still, pixel_box), envelope)["corr"]
@@ -434,21 +457,21 @@ def human_voice(pipe: AvatarPipeline, reference_image: Path | np.ndarray, record
     return {**figures, "frames": int(frames), "seconds": round(len(audio) / rate, 2), "mouth_box": list(pixel_box)}
 
 
-def yardstick(clips: list[HeldoutClip], samples_per_frame: int) -> dict:
+def yardstick(clips: list[HeldoutClip], samples_per_frame: int, measure: OpennessMeasure) -> dict:
     """The human-voice figures of studio ground truth: each clip's true frames (openness in its lip box)
     against its own audio's loudness, averaged over the clips."""
     rows = []
     for clip in clips:
         envelope = loudness_envelope(clip.audio, samples_per_frame, len(clip.frames))
-        rows.append(voice_figures(mouth_openness(clip.frames, clip.boxes), envelope))
+        rows.append(voice_figures(measure(clip.frames, clip.boxes), envelope))
     summary = {key: _nanmean([row[key] for row in rows]) for key in ("corr", "lag", "open_speaking", "open_silent")}
     return {**summary, "clips": [clip.id for clip in clips], "lags": [row["lag"] for row in rows]}
 
 
-def human_voice_report(pipe: AvatarPipeline, clips: list[HeldoutClip], settings: EvalSettings,
+def human_voice_report(pipe: AvatarPipeline, clips: list[HeldoutClip], settings: EvalSettings, measure: OpennessMeasure,
                        make_activity: Callable[[], VoiceActivity] | None) -> dict:
     """result["human_voice"]: the figures at every step count of `steps_list`, the yardstick, their ratio."""
-    stick = yardstick(clips, pipe.config.samples_per_frame)
+    stick = yardstick(clips, pipe.config.samples_per_frame, measure)
     default_label = steps_label(pipe, None)
     by_steps, seconds = {}, None
     for steps in settings.steps_list:
@@ -456,7 +479,7 @@ def human_voice_report(pipe: AvatarPipeline, clips: list[HeldoutClip], settings:
         if label in by_steps:
             continue
         video = settings.save_video if label == default_label else None
-        figures = human_voice(pipe, settings.reference, list(settings.human_voice), settings.pause_s, steps,
+        figures = human_voice(pipe, settings.reference, list(settings.human_voice), measure, settings.pause_s, steps,
                               make_activity=make_activity, seed=settings.seed, save_video=video)
         seconds = figures.pop("seconds")
         figures["ratio_to_yardstick"] = figures["corr"] / stick["corr"] if stick["corr"] > 0 else float("nan")
