@@ -74,3 +74,17 @@ def with_guide(pipe: AvatarPipeline, **changes: object) -> AvatarPipeline:
     guide = pipe.model_config.guide.model_copy(update=changes)
     pipe.model_config = pipe.model_config.model_copy(update={"guide": guide})
     return pipe
+
+
+def dot_image(size: int, x: int, y: int) -> np.ndarray:
+    """uint8 [1, size, size, 3]: grey, a white 4x4 dot whose top-left pixel is (x, y), a black 3x3 top-left corner."""
+    image = np.full((1, size, size, 3), 128, np.uint8)
+    image[0, y:y + 4, x:x + 4] = 255
+    image[0, :3, :3] = 0
+    return image
+
+
+def dot_centre(frame: np.ndarray) -> np.ndarray:
+    """(x, y) pixel centre of the bright dot of a uint8 frame [H, W, 3]."""
+    ys, xs = np.nonzero(frame[..., 0] > 190)
+    return np.array([xs.mean(), ys.mean()])

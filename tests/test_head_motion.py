@@ -13,23 +13,15 @@ from model.media import load_image
 from model.pipeline import DEFAULT_CHECKPOINT, AvatarPipeline
 from model.pose_warp import warp_frames
 from model.train.evaluate import DEFAULT_REFERENCE
-from pipeline_helpers import with_guide
+from pipeline_helpers import dot_centre, dot_image, with_guide
 
 SIZE = 64
 MOUTH = MouthBox(x=0.5, y=0.7, width=0.15)  # one mouth width = 9.6 px
 
 
 def _dot_image() -> np.ndarray:
-    """uint8 [1, H, W, 3]: grey, a white dot between the eyes (0.9 mouth widths above the mouth), black corner."""
-    image = np.full((1, SIZE, SIZE, 3), 128, np.uint8)
-    image[0, 35:39, 30:34] = 255  # around (32, 36.2)
-    image[0, :3, :3] = 0
-    return image
-
-
-def _dot(frame: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(frame[..., 0] > 190)
-    return np.array([xs.mean(), ys.mean()])
+    """The dot between the eyes (0.9 mouth widths above the mouth)."""
+    return dot_image(SIZE, 30, 35)  # around (32, 36.5)
 
 
 def test_rest_pose_warps_nothing_and_a_shift_moves_the_head() -> None:
@@ -38,9 +30,9 @@ def test_rest_pose_warps_nothing_and_a_shift_moves_the_head() -> None:
     grids = rig.grids(np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 0.0, 0.1]]))
     frames = warp_frames(np.repeat(_dot_image(), 3, axis=0), grids)
     assert np.abs(frames[0].astype(int) - _dot_image()[0]).max() <= 1
-    assert _dot(frames[1]) - _dot(frames[0]) == pytest.approx([0.5 * MOUTH.width * SIZE, 0.0], abs=1.0)
+    assert dot_centre(frames[1]) - dot_centre(frames[0]) == pytest.approx([0.5 * MOUTH.width * SIZE, 0.0], abs=1.0)
     assert frames[1][:2, :2].max() < 40
-    turned = _dot(frames[2]) - _dot(frames[0])  # a turn about the neck, below: the face swings sideways
+    turned = dot_centre(frames[2]) - dot_centre(frames[0])  # a turn about the neck, below: the face swings sideways
     assert abs(turned[0]) > 1.5 and abs(turned[1]) < 1.0
 
 

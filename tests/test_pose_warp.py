@@ -11,7 +11,7 @@ from model.media import load_image
 from model.pipeline import DEFAULT_CHECKPOINT, AvatarPipeline
 from model.pose_warp import BORDER, CONTROL_POINTS, LIP_CORNERS, PoseWarp, tps_grid, warp_frames
 from model.train.evaluate import DEFAULT_REFERENCE
-from pipeline_helpers import with_guide
+from pipeline_helpers import dot_centre, dot_image, with_guide
 
 SIZE = 64
 
@@ -31,17 +31,8 @@ def _pose(shift: tuple[float, float] = (0.0, 0.0)) -> np.ndarray:
 
 
 def _dot_image() -> np.ndarray:
-    """uint8 [1, H, W, 3]: grey with a white 4x4 dot at the pose's centre and a black corner."""
-    image = np.full((1, SIZE, SIZE, 3), 128, np.uint8)
-    image[0, 27:31, 30:34] = 255  # around (0.5, 0.45)
-    image[0, :3, :3] = 0
-    return image
-
-
-def _dot_centre(frame: np.ndarray) -> np.ndarray:
-    bright = frame[..., 0] > 190
-    ys, xs = np.nonzero(bright)
-    return np.array([xs.mean(), ys.mean()])
+    """The dot at the pose's centre."""
+    return dot_image(SIZE, 30, 27)  # around (0.5, 0.45)
 
 
 def test_the_same_points_warp_nothing() -> None:
@@ -57,7 +48,7 @@ def test_the_head_follows_the_pose_and_the_border_stays() -> None:
     grid = warp.grid(_pose(shift=(6 / SIZE, 3 / SIZE)))
     assert grid is not None
     moved = warp_frames(_dot_image(), grid[None])[0]
-    shift = _dot_centre(moved) - _dot_centre(_dot_image()[0])
+    shift = dot_centre(moved) - dot_centre(_dot_image()[0])
     assert shift == pytest.approx([6.0, 3.0], abs=1.0)
     assert moved[:2, :2].max() < 40  # the black corner did not move
 
@@ -72,7 +63,7 @@ def test_a_pose_elsewhere_is_aligned_to_the_avatar_by_its_lips() -> None:
     moved_pose[:, 0] += 12 / SIZE  # 12 px of the driving face = 6 px of the avatar
     grid = warp.grid(moved_pose)
     assert grid is not None
-    shift = _dot_centre(warp_frames(_dot_image(), grid[None])[0]) - _dot_centre(_dot_image()[0])
+    shift = dot_centre(warp_frames(_dot_image(), grid[None])[0]) - dot_centre(_dot_image()[0])
     assert shift == pytest.approx([6.0, 0.0], abs=1.0)
 
 

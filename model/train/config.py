@@ -217,17 +217,23 @@ class LocatorLossConfig(_Strict):
     heatmap_ce: float = 0.05
 
 
-class LocatorTrainConfig(_Strict):
+class _FrameNetTrainConfig(_Strict):
+    """What the small CNNs trained on studio frames share (the locator, the mouth reader): the run, the
+    optimiser, their config overrides and where the trained folder goes."""
+
+    run: RunConfig
+    optim: OptimConfig = OptimConfig()
+    model: dict[str, int | float | list[int]] = Field(default_factory=dict, description="the network's config overrides")
+    export_dir: str | None = Field(None, description="write the trained network's folder (+ training.json) here")
+
+
+class LocatorTrainConfig(_FrameNetTrainConfig):
     """`kind: locator`: train the MouthLocator (model/conditioning/mouth_locator.py) on studio frames + keypoints."""
 
     kind: Literal["locator"]
     data: LocatorDataConfig
-    run: RunConfig
-    optim: OptimConfig = OptimConfig()
     augment: LocatorAugmentConfig = LocatorAugmentConfig()
     loss: LocatorLossConfig = LocatorLossConfig()
-    model: dict[str, int | float | list[int]] = Field(default_factory=dict, description="MouthLocator config overrides")
-    export_dir: str | None = Field(None, description="write the trained MouthLocator folder (+ training.json) here")
 
     @model_validator(mode="after")
     def _check_zoom(self) -> "LocatorTrainConfig":
@@ -272,17 +278,13 @@ class ReaderAugmentConfig(_Strict):
     vae_fraction: float = Field(0.5, ge=0.0, le=1.0, description="share of crops taken from the VAE's round trip")
 
 
-class ReaderTrainConfig(_Strict):
+class ReaderTrainConfig(_FrameNetTrainConfig):
     """`kind: reader`: the MouthReader evaluation instrument (model/train/mouth_reader.py) on studio frames."""
 
     kind: Literal["reader"]
     data: ReaderDataConfig
-    run: RunConfig
-    optim: OptimConfig = OptimConfig()
     augment: ReaderAugmentConfig = ReaderAugmentConfig()
     vae: str | None = Field(None, description="a VAE folder: decoded frames join the training (vae_fraction)")
-    model: dict[str, int | list[int]] = Field(default_factory=dict, description="MouthReader config overrides")
-    export_dir: str | None = Field(None, description="write the trained MouthReader folder (+ training.json) here")
 
 
 TrainConfig = VaeTrainConfig | DitTrainConfig | MotionTrainConfig | LocatorTrainConfig | ReaderTrainConfig
