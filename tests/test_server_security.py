@@ -106,8 +106,11 @@ async def test_session_token_dies_with_its_session_and_its_sockets_close() -> No
 async def test_sockets_close_with_4401_when_their_token_expires() -> None:
     auth = {**AUTH, "session_token_ttl_s": 1, "token_ttl_s": 1}
     async with fake_server(auth=auth, sessions=LONG_CONNECT) as (url, state), httpx.AsyncClient(base_url=url) as http:
+        sdp = await offer_sdp()  # before the 1 s token is minted: gathering takes a while on a loaded machine
         client_token = (await http.post("/v1/tokens", headers=bearer(KEY))).json()["token"]
-        mine = await new_session(http, client_token)
+        created = await http.post("/v1/sessions", json={"sdp": sdp}, headers=bearer(client_token))
+        assert created.status_code == 201, created.text
+        mine = created.json()
         own = f"/v1/sessions/{mine['session_id']}"
         base = url.replace("http", "ws") + own
         started = time.monotonic()
