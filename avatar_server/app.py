@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from avatar_server.auth import Authenticator
 from avatar_server.avatars import DEFAULT_AVATAR_ID, AvatarStore
 from avatar_server.clock import SYSTEM_CLOCK, Clock
-from avatar_server.engine import Engine
+from avatar_server.engine import Engine, WarmUp
 from avatar_server.http import BodyLimit
 from avatar_server.metrics import Metrics
 from avatar_server.origins import WriteGuard
@@ -70,10 +70,11 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings = state.settings
     default = settings.path(settings.default_avatar)
     try:
-        await state.avatars.add(default.read_bytes(), "default", avatar_id=DEFAULT_AVATAR_ID, builtin=True)
+        avatar = await state.avatars.add(default.read_bytes(), "default", avatar_id=DEFAULT_AVATAR_ID, builtin=True)
     except (OSError, Problem) as error:
         raise InputError(f"default avatar {default} is unusable: {error}") from error
-    state.engine.start(_torch_threads(settings))
+    warm_up = WarmUp(avatar.reference, state.handle.make_options(), settings.sessions.max_sessions)
+    state.engine.start(_torch_threads(settings), warm_up)
     state.voice.start()
     _freeze_startup_objects()
     state.ready = True

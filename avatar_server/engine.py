@@ -55,6 +55,17 @@ class EngineObserver(Protocol):
 #################################################################################
 
 
+@dataclass(frozen=True)
+class WarmUp:
+    """What the worker runs through the model before serving: one chunk of silence at each batch size up to
+    `sessions`, on `reference` (the first call of a shape builds its kernels, hundreds of ms on a CPU that would
+    otherwise land on a session's first chunk, and make it late)."""
+
+    reference: Any
+    options: Any
+    sessions: int
+
+
 @dataclass
 class EngineStats:
     """The worker's counters and last call, read by /metrics and tests (written by the worker only)."""
@@ -99,10 +110,11 @@ class Engine:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, torch_threads: int | None = None) -> None:
-        """Start the worker; `torch_threads` sets its intra-op threads (a per-thread setting in torch)."""
+    def start(self, torch_threads: int | None = None, warm_up: WarmUp | None = None) -> None:
+        """Start the worker; `torch_threads` sets its intra-op threads (a per-thread setting in torch); `warm_up`
+        runs first, on the worker (sessions that join meanwhile wait for it)."""
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, args=(torch_threads,), name="omnilive-engine",
+            self._thread = threading.Thread(target=self._run, args=(torch_threads, warm_up), name="omnilive-engine",
                                             daemon=True)
             self._thread.start()
 
@@ -167,11 +179,13 @@ class Engine:
 
     # ------------------------------------------------------------------ worker
 
-    def _run(self, torch_threads: int | None) -> None:
+    def _run(self, torch_threads: int | None, warm_up: WarmUp | None) -> None:
         if torch_threads:
             import torch
 
             torch.set_num_threads(torch_threads)
+        if warm_up is not None:
+            self._warm_up(warm_up)
         logger.info("engine worker started (steps %d..%d, max batch %d)", self.min_steps, self.max_steps,
                     self.settings.max_batch)
         try:
@@ -188,6 +202,26 @@ class Engine:
             for slot in slots:
                 self._release(slot)
             logger.info("engine worker stopped")
+
+    def _warm_up(self, warm_up: WarmUp) -> None:
+        """One chunk of silence through the model at each batch size the server admits (never counted, never fatal)."""
+        frames = 2 * self.frames_per_chunk + self.lookahead_frames  # a chunk's frames and look-ahead, with room
+        silence = np.zeros(int(round(frames * self.frame_s * self.sample_rate)), np.float32)
+        started = time.monotonic()
+        for batch in range(1, min(warm_up.sessions, self.settings.max_batch) + 1):
+            streams = []
+            try:
+                for _ in range(batch):
+                    streams.append(self.pipe.open_stream(warm_up.reference, warm_up.options))
+                    streams[-1].push_audio(silence, voiced=False)
+                self.pipe.decode(self.pipe.sample(streams, steps=self.max_steps))
+            except Exception:  # a failed warm-up only costs the first session's first chunk its speed
+                logger.exception("engine warm-up at batch size %d failed", batch)
+                return
+            finally:
+                for stream in streams:
+                    stream.close()
+        logger.info("engine warmed up in %.2f s", time.monotonic() - started)
 
     def step(self) -> bool:
         """One round of the worker: apply the queued commands, then generate one batch; False when no stream was

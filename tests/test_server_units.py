@@ -11,7 +11,7 @@ import pytest
 
 from avatar_server.audio import AudioHistory, Inbox, PCM16Decoder
 from avatar_server.auth import Authenticator
-from avatar_server.engine import Engine
+from avatar_server.engine import Engine, WarmUp
 from avatar_server.playout import FrameQueue
 from avatar_server.settings import AuthSettings, EngineSettings, VADSettings
 from avatar_server.slot import ClearAudio, GeneratedChunk, PushAudio, Slot, SlotCallbacks
@@ -124,6 +124,21 @@ def test_engine_batches_sessions_and_keeps_session_time_across_clear() -> None:
         for slot in slots:
             assert slot.released.wait(5)
         assert engine.slot_count == 0 and pipe.open_streams == 0
+    finally:
+        engine.stop()
+
+
+def test_engine_warms_up_every_batch_size_it_admits_before_serving() -> None:
+    pipe = FakePipeline()
+    engine = Engine(pipe, EngineSettings(max_batch=2))
+    reference = pipe.encode_reference(np.zeros((64, 64, 3), np.uint8))
+    engine.start(warm_up=WarmUp(reference, FakeStreamOptions(), sessions=3))
+    try:
+        deadline = time.monotonic() + 5
+        while len(pipe.calls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert pipe.calls == [(1, 2), (2, 2)]                     # up to max_batch, at the default steps
+        assert pipe.open_streams == 0 and engine.stats.batches == 0 and engine.running
     finally:
         engine.stop()
 
