@@ -75,6 +75,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         raise InputError(f"default avatar {default} is unusable: {error}") from error
     warm_up = WarmUp(avatar.reference, state.handle.make_options(), settings.sessions.max_sessions)
     state.engine.start(_torch_threads(settings), warm_up)
+    await asyncio.to_thread(state.engine.warmed.wait)  # not ready before: a session joining then would wait for it
     state.voice.start()
     _freeze_startup_objects()
     state.ready = True

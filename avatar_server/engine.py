@@ -106,13 +106,14 @@ class Engine:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._opener = ThreadPoolExecutor(max_workers=1, thread_name_prefix="omnilive-open")
+        self.warmed = threading.Event()  # the worker ran its warm-up (or had none): the server may report ready
         self.error: str | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, torch_threads: int | None = None, warm_up: WarmUp | None = None) -> None:
         """Start the worker; `torch_threads` sets its intra-op threads (a per-thread setting in torch); `warm_up`
-        runs first, on the worker (sessions that join meanwhile wait for it)."""
+        runs first, on the worker (`warmed` is set when it is done)."""
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, args=(torch_threads, warm_up), name="omnilive-engine",
                                             daemon=True)
@@ -184,8 +185,11 @@ class Engine:
             import torch
 
             torch.set_num_threads(torch_threads)
-        if warm_up is not None:
-            self._warm_up(warm_up)
+        try:
+            if warm_up is not None:
+                self._warm_up(warm_up)
+        finally:
+            self.warmed.set()
         logger.info("engine worker started (steps %d..%d, max batch %d)", self.min_steps, self.max_steps,
                     self.settings.max_batch)
         try:
