@@ -14,7 +14,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from avatar_server.auth import Authenticator
 from avatar_server.avatars import DEFAULT_AVATAR_ID, AvatarStore
 from avatar_server.clock import SYSTEM_CLOCK, Clock
-from avatar_server.engine import Engine, WarmUp
+from avatar_server.engine import Engine
 from avatar_server.http import BodyLimit
 from avatar_server.metrics import Metrics
 from avatar_server.origins import WriteGuard
@@ -25,6 +25,7 @@ from avatar_server.server_state import ServerState
 from avatar_server.sessions import SessionManager
 from avatar_server.settings import ServerSettings
 from avatar_server.vad import VoiceWorker
+from avatar_server.warmup import WarmUp
 from model.errors import InputError
 
 logger = logging.getLogger(__name__)

@@ -18,12 +18,12 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, Callable, Protocol, assert_never
+from typing import Any, Callable, assert_never
 
 import numpy as np
 
 from avatar_server.cost_model import CostModel
+from avatar_server.engine_report import EngineObserver, EngineStats
 from avatar_server.settings import EngineSettings
 from avatar_server.slot import (
     ClearAudio,
@@ -36,47 +36,14 @@ from avatar_server.slot import (
     Slot,
 )
 from avatar_server.stages import StageWindow
+from avatar_server.warmup import WarmUp, run_warm_up
 
 logger = logging.getLogger(__name__)
-
-
-class EngineObserver(Protocol):
-    """Told about every generate call and chunk, on the worker thread (avatar_server.metrics.Metrics)."""
-
-    def generate_call(self, seconds: float) -> None: ...
-
-    def degraded_chunks(self, count: int) -> None: ...
-
-    def chunk_stages(self, stages: dict[str, float]) -> None: ...
 
 
 #################################################################################
 #                                    Engine                                     #
 #################################################################################
-
-
-@dataclass(frozen=True)
-class WarmUp:
-    """What the worker runs through the model before serving: one chunk of silence at each batch size up to
-    `sessions`, on `reference` (the first call of a shape builds its kernels, hundreds of ms on a CPU that would
-    otherwise land on a session's first chunk, and make it late)."""
-
-    reference: Any
-    options: Any
-    sessions: int
-
-
-@dataclass
-class EngineStats:
-    """The worker's counters and last call, read by /metrics and tests (written by the worker only)."""
-
-    batches: int = 0
-    chunks: int = 0
-    skipped_frames: int = 0
-    last_batch: int = 0
-    last_steps: int = 0
-    last_generate_s: float = 0.0
-    queue_depth: int = 0
 
 
 class Engine:
@@ -187,7 +154,9 @@ class Engine:
             torch.set_num_threads(torch_threads)
         try:
             if warm_up is not None:
-                self._warm_up(warm_up)
+                frames = 2 * self.frames_per_chunk + self.lookahead_frames  # a chunk's frames and look-ahead, with room
+                run_warm_up(self.pipe, warm_up, min(warm_up.sessions, self.settings.max_batch), self.max_steps,
+                            int(round(frames * self.frame_s * self.sample_rate)))
         finally:
             self.warmed.set()
         logger.info("engine worker started (steps %d..%d, max batch %d)", self.min_steps, self.max_steps,
@@ -206,26 +175,6 @@ class Engine:
             for slot in slots:
                 self._release(slot)
             logger.info("engine worker stopped")
-
-    def _warm_up(self, warm_up: WarmUp) -> None:
-        """One chunk of silence through the model at each batch size the server admits (never counted, never fatal)."""
-        frames = 2 * self.frames_per_chunk + self.lookahead_frames  # a chunk's frames and look-ahead, with room
-        silence = np.zeros(int(round(frames * self.frame_s * self.sample_rate)), np.float32)
-        started = time.monotonic()
-        for batch in range(1, min(warm_up.sessions, self.settings.max_batch) + 1):
-            streams = []
-            try:
-                for _ in range(batch):
-                    streams.append(self.pipe.open_stream(warm_up.reference, warm_up.options))
-                    streams[-1].push_audio(silence, voiced=False)
-                self.pipe.decode(self.pipe.sample(streams, steps=self.max_steps))
-            except Exception:  # a failed warm-up only costs the first session's first chunk its speed
-                logger.exception("engine warm-up at batch size %d failed", batch)
-                return
-            finally:
-                for stream in streams:
-                    stream.close()
-        logger.info("engine warmed up in %.2f s", time.monotonic() - started)
 
     def step(self) -> bool:
         """One round of the worker: apply the queued commands, then generate one batch; False when no stream was

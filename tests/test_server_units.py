@@ -11,12 +11,13 @@ import pytest
 
 from avatar_server.audio import AudioHistory, Inbox, PCM16Decoder
 from avatar_server.auth import Authenticator
-from avatar_server.engine import Engine, WarmUp
+from avatar_server.engine import Engine
 from avatar_server.playout import FrameQueue
 from avatar_server.settings import AuthSettings, EngineSettings, VADSettings
 from avatar_server.slot import ClearAudio, GeneratedChunk, PushAudio, Slot, SlotCallbacks
 from avatar_server.testing import FakePipeline, FakeStreamOptions
 from avatar_server.vad import VoiceWorker
+from avatar_server.warmup import WarmUp
 from model.errors import InputError
 
 SPEECH = Path("/usr/share/sounds/alsa/Front_Center.wav")
