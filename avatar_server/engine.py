@@ -18,12 +18,13 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, Callable, assert_never
 
 import numpy as np
 
 from avatar_server.cost_model import CostModel
-from avatar_server.engine_report import EngineObserver, EngineStats
+from avatar_server.engine_report import EngineObserver
 from avatar_server.settings import EngineSettings
 from avatar_server.slot import (
     ClearAudio,
@@ -44,6 +45,19 @@ logger = logging.getLogger(__name__)
 #################################################################################
 #                                    Engine                                     #
 #################################################################################
+
+
+@dataclass
+class EngineStats:
+    """The worker's counters and last call, read by /metrics and tests (written by the worker only)."""
+
+    batches: int = 0
+    chunks: int = 0
+    skipped_frames: int = 0
+    last_batch: int = 0
+    last_steps: int = 0
+    last_generate_s: float = 0.0
+    queue_depth: int = 0
 
 
 class Engine:

@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
-from e2e_browser import close_tab, launch_chromium, open_tab, spawn_server, stop_server, wait_healthy  # noqa: E402
+from e2e_browser import demo_tab  # noqa: E402
 from e2e_speech import human_speech, with_silences, write_wav  # noqa: E402
 
 logger = logging.getLogger("demo_screenshots")
@@ -37,23 +37,11 @@ def main() -> int:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
-    from playwright.sync_api import sync_playwright
-
     speech = with_silences(human_speech(RATE), RATE, LEAD_S, TAIL_S)
     with tempfile.TemporaryDirectory() as tmp:
         wav = write_wav(Path(tmp) / "human.wav", speech)
-        server = wait_healthy(spawn_server(Path(tmp), "server", {}))
-        try:
-            with sync_playwright() as driver:
-                browser = launch_chromium(driver, wav)
-                tab = open_tab(browser, microphone=True)
-                try:
-                    shots = watch(tab.page, server.url, args)
-                finally:
-                    close_tab(tab)
-                    browser.close()
-        finally:
-            stop_server(server)
+        with demo_tab(Path(tmp), wav) as (tab, server):
+            shots = watch(tab.page, server.url, args)
     contact_sheet(shots, args.out / "contact-sheet.png")
     if not args.keep_shots:
         for shot in shots:

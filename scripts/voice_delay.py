@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "browser"))
 
-from e2e_browser import close_tab, launch_chromium, open_tab, spawn_server, stop_server, wait_healthy  # noqa: E402
+from e2e_browser import demo_tab  # noqa: E402
 from e2e_speech import human_speech, with_silences, write_wav  # noqa: E402
 
 logger = logging.getLogger("voice_delay")
@@ -120,29 +120,17 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    from playwright.sync_api import sync_playwright
-
     speech = with_silences(human_speech(RATE), RATE, LEAD_S, TAIL_S)
     with tempfile.TemporaryDirectory() as tmp:
         wav = write_wav(Path(tmp) / "human.wav", speech)
-        server = wait_healthy(spawn_server(Path(tmp), "server", {}))
-        try:
-            with sync_playwright() as driver:
-                browser = launch_chromium(driver, wav)
-                tab = open_tab(browser, microphone=True)
-                try:
-                    tab.page.goto(server.url + "/")
-                    tab.page.click("#start")
-                    tab.page.wait_for_function("document.body.dataset.status === 'connected'", timeout=30000)
-                    tab.page.evaluate(RECORDER)
-                    time.sleep(args.seconds)
-                    levels = tab.page.evaluate("window.__levels")
-                    buffers = tab.page.evaluate(JITTER_BUFFERS)
-                finally:
-                    close_tab(tab)
-                    browser.close()
-        finally:
-            stop_server(server)
+        with demo_tab(Path(tmp), wav) as (tab, server):
+            tab.page.goto(server.url + "/")
+            tab.page.click("#start")
+            tab.page.wait_for_function("document.body.dataset.status === 'connected'", timeout=30000)
+            tab.page.evaluate(RECORDER)
+            time.sleep(args.seconds)
+            levels = tab.page.evaluate("window.__levels")
+            buffers = tab.page.evaluate(JITTER_BUFFERS)
     result = {"seconds": args.seconds, "window_s": args.window, **measure(levels, args.window),
               "jitter_buffer_ms": {kind: round(ms, 1) for kind, ms in buffers.items()}}
     summary = {key: value for key, value in result.items() if key != "per_window"}

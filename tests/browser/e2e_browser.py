@@ -11,6 +11,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -207,3 +209,23 @@ def open_tab(browser: Any, microphone: bool = True) -> Tab:
     page.on("console", lambda message: message.type == "error" and tab.console_errors.append(message.text))
     page.on("pageerror", lambda error: tab.page_errors.append(str(error)))
     return tab
+
+
+@contextmanager
+def demo_tab(tmp: Path, wav: Path) -> Iterator[tuple[Tab, Server]]:
+    """`omnilive serve` (the default model and avatar) and Debian's Chromium whose fake microphone plays `wav`:
+    a tab allowed the microphone, and the server; both closed on exit (the scripts' demo runs)."""
+    from playwright.sync_api import sync_playwright
+
+    server = wait_healthy(spawn_server(tmp, "server", {}))
+    try:
+        with sync_playwright() as driver:
+            browser = launch_chromium(driver, wav)
+            tab = open_tab(browser, microphone=True)
+            try:
+                yield tab, server
+            finally:
+                close_tab(tab)
+                browser.close()
+    finally:
+        stop_server(server)
