@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from model.conditioning.mouth import MouthBox
-from model.pose_warp import BORDER, COARSE_GRID, REGULARISATION, thin_plate_kernel
+from model.pose_warp import BORDER, COARSE_GRID, coarse_points, fine_grids, spline_basis, spline_system
 
 # The rig, in mouth widths from the closed mouth's centre (x right, y down; the eyes as model/blinks.py)
 FACE_CENTRE_Y = -0.9                 # the face's middle, above the mouth
@@ -60,20 +59,11 @@ class HeadRig:
         self.unit = unit
         still = np.concatenate([origin + np.array(SHOULDERS) * unit, BORDER])  # [M, 2]
         controls = np.concatenate([self.head, still])
-        n = len(controls)
-        system = np.zeros((n + 3, n + 3))
-        kernel = thin_plate_kernel(((controls[:, None] - controls[None]) ** 2).sum(-1))  # [n, n]
-        system[:n, :n] = kernel + REGULARISATION * np.eye(n)
-        system[:n, n:] = np.c_[np.ones(n), controls]
-        system[n:, :n] = system[:n, n:].T
-        steps = (np.arange(COARSE_GRID) + 0.5) / COARSE_GRID
-        ys, xs = np.meshgrid(steps, steps, indexing="ij")
-        queries = np.stack([xs, ys], -1).reshape(-1, 2)  # [G*G, 2]
-        basis = np.c_[thin_plate_kernel(((queries[:, None] - controls[None]) ** 2).sum(-1)),
-                      np.ones(len(queries)), queries]  # [G*G, n+3]
+        queries = coarse_points()  # [G*G, 2]
         # [G*G, N]: the head points' displacements -> the displacement at each grid point (the still points and
         # the affine rows contribute zero, so only the head's columns of the inverse are kept)
-        self._field = torch.from_numpy(basis @ np.linalg.inv(system)[:, :len(self.head)]).float()
+        inverse = np.linalg.inv(spline_system(controls))[:, :len(self.head)]
+        self._field = torch.from_numpy(spline_basis(queries, controls) @ inverse).float()
         self._rest = torch.from_numpy(queries.reshape(COARSE_GRID, COARSE_GRID, 2)).float()
         self.size = (height, width)
 
@@ -83,8 +73,7 @@ class HeadRig:
         moves = torch.from_numpy(targets - self.head).float()  # [F, N, 2]
         fields = self._field @ moves  # [F, G*G, 2]: the displacement at each grid point
         coarse = self._rest[None] - fields.reshape(len(poses), COARSE_GRID, COARSE_GRID, 2)
-        fine = F.interpolate((coarse * 2 - 1).permute(0, 3, 1, 2), size=self.size, mode="bilinear", align_corners=False)
-        return fine.permute(0, 2, 3, 1).contiguous()  # [F, H, W, 2]
+        return fine_grids(coarse, *self.size)  # [F, H, W, 2]
 
     def moved(self, pose: np.ndarray) -> np.ndarray:
         """The head's control points [N, 2] turned by pose[2] about the neck and shifted by pose[:2] mouth widths."""

@@ -43,25 +43,44 @@ def thin_plate_kernel(squared: np.ndarray) -> np.ndarray:
     return np.where(squared > 0, squared * np.log(np.maximum(squared, 1e-12)), 0.0)
 
 
+def spline_system(controls: np.ndarray) -> np.ndarray:
+    """The thin-plate spline's linear system [N + 3, N + 3] on control points [N, 2] (smoothed by REGULARISATION)."""
+    n = len(controls)
+    kernel = thin_plate_kernel(((controls[:, None] - controls[None]) ** 2).sum(-1)) + REGULARISATION * np.eye(n)
+    affine = np.c_[np.ones(n), controls]  # [N, 3]
+    system = np.zeros((n + 3, n + 3))
+    system[:n, :n], system[:n, n:], system[n:, :n] = kernel, affine, affine.T
+    return system
+
+
+def coarse_points() -> np.ndarray:
+    """The centres [G*G, 2] of the COARSE_GRID x COARSE_GRID cells the spline is evaluated at, row by row."""
+    steps = (np.arange(COARSE_GRID) + 0.5) / COARSE_GRID
+    ys, xs = np.meshgrid(steps, steps, indexing="ij")
+    return np.stack([xs, ys], -1).reshape(-1, 2)
+
+
+def spline_basis(queries: np.ndarray, controls: np.ndarray) -> np.ndarray:
+    """[Q, N + 3]: the spline's value at points `queries` [Q, 2] is this times its coefficients [N + 3, 2]."""
+    return np.c_[thin_plate_kernel(((queries[:, None] - controls[None]) ** 2).sum(-1)), np.ones(len(queries)), queries]
+
+
+def fine_grids(coarse: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Sampling positions [F, G, G, 2] in [0, 1] image coordinates -> grid_sample grids [F, H, W, 2] in [-1, 1]."""
+    fine = F.interpolate((coarse * 2 - 1).permute(0, 3, 1, 2), size=(height, width), mode="bilinear",
+                         align_corners=False)
+    return fine.permute(0, 2, 3, 1).contiguous()
+
+
 def tps_grid(target: np.ndarray, source: np.ndarray, height: int, width: int) -> torch.Tensor:
     """Backward sampling grid [H, W, 2] (grid_sample's [-1, 1] coords) under which the point at `source[i]`
     lands on `target[i]`; both [N, 2] in [0, 1] image coordinates."""
-    n = len(target)
-    kernel = thin_plate_kernel(((target[:, None] - target[None]) ** 2).sum(-1)) + REGULARISATION * np.eye(n)  # [N, N]
-    affine = np.c_[np.ones(n), target]  # [N, 3]
-    system = np.zeros((n + 3, n + 3))
-    system[:n, :n], system[:n, n:], system[n:, :n] = kernel, affine, affine.T
-    values = np.zeros((n + 3, 2))
-    values[:n] = source
-    coefficients = np.linalg.solve(system, values)  # [N + 3, 2]
-    steps = (np.arange(COARSE_GRID) + 0.5) / COARSE_GRID
-    ys, xs = np.meshgrid(steps, steps, indexing="ij")
-    queries = np.stack([xs, ys], -1).reshape(-1, 2)  # [G*G, 2]
-    mapped = (thin_plate_kernel(((queries[:, None] - target[None]) ** 2).sum(-1)) @ coefficients[:n]
-              + np.c_[np.ones(len(queries)), queries] @ coefficients[n:])  # [G*G, 2]
-    coarse = torch.from_numpy(mapped.reshape(1, COARSE_GRID, COARSE_GRID, 2) * 2 - 1).float()
-    fine = F.interpolate(coarse.permute(0, 3, 1, 2), size=(height, width), mode="bilinear", align_corners=False)
-    return fine[0].permute(1, 2, 0).contiguous()  # [H, W, 2]
+    values = np.zeros((len(target) + 3, 2))
+    values[:len(target)] = source
+    coefficients = np.linalg.solve(spline_system(target), values)  # [N + 3, 2]
+    mapped = spline_basis(coarse_points(), target) @ coefficients  # [G*G, 2]
+    coarse = torch.from_numpy(mapped.reshape(1, COARSE_GRID, COARSE_GRID, 2)).float()
+    return fine_grids(coarse, height, width)[0]  # [H, W, 2]
 
 
 def warp_frames(frames: np.ndarray, grids: torch.Tensor) -> np.ndarray:
