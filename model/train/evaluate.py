@@ -271,7 +271,8 @@ def motion_energy(frames: np.ndarray) -> float:
 
 def stream_figures(clip: HeldoutClip, streamed: np.ndarray, chunk_frames: int,
                    measure: OpennessMeasure) -> dict[str, float]:
-    """The audio-only stream's figures of one clip (STREAM_KEYS): lips, silence, seams, stillness, identity."""
+    """The audio-only stream's figures of one clip (STREAM_KEYS: lips, silence, seams, stillness, identity), plus
+    the lip measure's own on the ground truth (metric_validity, silence_ratio_truth)."""
     n = min(len(streamed), len(clip.frames))
     reference = clip.frames[0]
     silent = silent_mask(clip.speaking[:n])
@@ -284,7 +285,7 @@ def stream_figures(clip: HeldoutClip, streamed: np.ndarray, chunk_frames: int,
                "stillness_ratio": stillness(streamed[:n], silent) / still_truth if still_truth > 0 else float("nan"),
                "similarity_ref": similarity, "similarity_ref_truth": similarity_truth,
                "similarity_ratio": similarity / max(similarity_truth, 1e-6)}
-    return {key: figures[key] for key in STREAM_KEYS}
+    return figures
 
 
 def summarize(rows: list[dict], keys: tuple[str, ...]) -> dict[str, float]:
@@ -328,15 +329,15 @@ def evaluate(checkpoint: Path, data: Path, settings: EvalSettings,
         rendered = pipe.render(reference, clip.audio, pose=(clip.xy, clip.visibility), text=clip.caption, seed=settings.seed)
         n = min(len(rendered), len(clip.frames))
         truth, fake = uint8_to_float(clip.frames[:n]), uint8_to_float(rendered[:n])
-        row = {"id": clip.id, "framing": clip.framing, "frames": len(clip.frames),
-               **lip_figures(clip, streamed, measure), **stream_figures(clip, streamed, chunk_frames, measure),
+        streamed_figures = stream_figures(clip, streamed, chunk_frames, measure)
+        row = {"id": clip.id, "framing": clip.framing, "frames": len(clip.frames), **streamed_figures,
                "lipsync_corr_pose": lip_sync(clip, rendered, measure),
                "lipsync_vae_ceiling": lip_sync(clip, vae_roundtrip(pipe, clip.frames), measure),
                "psnr": psnr(fake, truth), "ssim": ssim(fake, truth)}
         per_clip.append(row)
         for label, steps in labels.items():
             if label == default_label:
-                per_steps[label].append(stream_figures(clip, streamed, chunk_frames, measure))
+                per_steps[label].append(streamed_figures)
                 continue
             activity = make_activity() if make_activity else None
             frames = stream_clip(pipe, reference, clip.audio, len(clip.frames), clip.caption, settings.seed,
