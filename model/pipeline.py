@@ -191,8 +191,8 @@ class AvatarStream:
             with self._lock:
                 self._pose, self._warp, self._head = None, None, None
             return
-        heatmaps = self.pipeline.pose_heatmaps(keypoints, self.reference)
-        points = _pose_points(keypoints)
+        points = _pose_points(keypoints)  # [K, 3]
+        heatmaps = self.pipeline.heatmaps(points[None, :, :2], points[None, :, 2], self.reference)[0]  # [G, h, w]
         warp = self._warp or self.pipeline.pose_warp(points, self.reference)
         grid = warp.grid(points)
         with self._lock:
@@ -432,26 +432,7 @@ class AvatarPipeline:
         mouth = reference.mouth_bank.box if reference.mouth_bank is not None else None
         return PoseWarp(anchor, reference.height, reference.width, mouth)
 
-    def pose_heatmaps(self, keypoints: np.ndarray | Sequence[Sequence[float]], reference: ReferenceFeatures) -> torch.Tensor:
-        """One pose [K, 3] (x, y in [0, 1], visibility) or [K, 2] -> heatmaps [G, h, w] at the latent grid."""
-        points = _as_float_array(keypoints, "pose keypoints")
-        if points.ndim != 2 or points.shape[0] != NUM_KEYPOINTS or points.shape[1] not in (2, 3):
-            raise InputError(f"pose must be [{NUM_KEYPOINTS}, 3] (x, y, visibility), got {list(points.shape)}")
-        visibility = points[:, 2] if points.shape[1] == 3 else np.ones(NUM_KEYPOINTS, np.float32)
-        return self._heatmaps(points[None, :, :2], visibility[None], reference)[0]
-
-    def clip_heatmaps(self, pose: tuple[np.ndarray, np.ndarray], reference: ReferenceFeatures,
-                      num_frames: int) -> torch.Tensor:
-        """A clip's pose (xy [T', K, 2], visibility [T', K]) -> heatmaps [num_frames, G, h, w]; the last
-        pose is held when the clip is shorter than the video, extra poses are dropped."""
-        xy, visibility = (_as_float_array(a, "pose keypoints") for a in pose)
-        if xy.ndim != 3 or xy.shape[0] == 0 or xy.shape[1:] != (NUM_KEYPOINTS, 2) or visibility.shape != xy.shape[:2]:
-            raise InputError(f"pose must be xy [T, {NUM_KEYPOINTS}, 2] and visibility [T, {NUM_KEYPOINTS}], "
-                             f"got {list(xy.shape)} and {list(visibility.shape)}")
-        index = np.minimum(np.arange(num_frames), xy.shape[0] - 1)
-        return self._heatmaps(xy[index], visibility[index], reference)
-
-    def _heatmaps(self, xy: np.ndarray, visibility: np.ndarray, reference: ReferenceFeatures) -> torch.Tensor:
+    def heatmaps(self, xy: np.ndarray, visibility: np.ndarray, reference: ReferenceFeatures) -> torch.Tensor:
         """Keypoints [T, K, 2] + visibility [T, K] -> heatmaps [T, G, h, w] on the device."""
         expected = self.dit.config.pose_channels
         if expected == 0:
@@ -536,8 +517,8 @@ class AvatarPipeline:
         padded = np.zeros(padded_frames * spf, np.float32)
         padded[: audio.size] = audio
         reference = self.encode_reference(image)
-        heatmaps = self.clip_heatmaps(pose, reference, chunks * cfg.chunk_frames) if pose is not None else None
-        poses = _clip_poses(pose, chunks * cfg.chunk_frames) if pose is not None else None
+        poses = _clip_poses(pose, chunks * cfg.chunk_frames) if pose is not None else None  # [T, K, 3]
+        heatmaps = self.heatmaps(poses[..., :2], poses[..., 2], reference) if poses is not None else None
         voiced = np.zeros(padded_frames, dtype=bool)
         voiced[:total] = voiced_frames(audio, total, spf).numpy() if vad else True
         return self._render_chunks(reference, padded, voiced, heatmaps, poses, total, text, seed, steps)
@@ -602,14 +583,21 @@ def _as_float_array(value: object, what: str) -> np.ndarray:
 
 
 def _pose_points(keypoints: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
-    """One pose (already checked by pose_heatmaps) as [K, 3]: x, y and visibility (1 where not given)."""
+    """One pose [K, 3] (x, y in [0, 1], visibility) or [K, 2] as [K, 3] (visibility 1 where not given);
+    InputError when it is not one."""
     points = _as_float_array(keypoints, "pose keypoints")
+    if points.ndim != 2 or points.shape[0] != NUM_KEYPOINTS or points.shape[1] not in (2, 3):
+        raise InputError(f"pose must be [{NUM_KEYPOINTS}, 3] (x, y, visibility), got {list(points.shape)}")
     return points if points.shape[1] == 3 else np.c_[points, np.ones(len(points), np.float32)]
 
 
 def _clip_poses(pose: tuple[np.ndarray, np.ndarray], num_frames: int) -> np.ndarray:
-    """A clip's pose (already checked by clip_heatmaps) as [num_frames, K, 3], its last pose held."""
+    """A clip's pose (xy [T', K, 2], visibility [T', K]) as [num_frames, K, 3]: the last pose held when the clip
+    is shorter than the video, extra poses dropped; InputError when it is not one."""
     xy, visibility = (_as_float_array(a, "pose keypoints") for a in pose)
+    if xy.ndim != 3 or xy.shape[0] == 0 or xy.shape[1:] != (NUM_KEYPOINTS, 2) or visibility.shape != xy.shape[:2]:
+        raise InputError(f"pose must be xy [T, {NUM_KEYPOINTS}, 2] and visibility [T, {NUM_KEYPOINTS}], "
+                         f"got {list(xy.shape)} and {list(visibility.shape)}")
     index = np.minimum(np.arange(num_frames), xy.shape[0] - 1)
     return np.concatenate([xy[index], visibility[index, :, None]], axis=-1)
 
