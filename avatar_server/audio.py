@@ -58,37 +58,60 @@ class PCM16Decoder:
 
 
 class Inbox:
-    """Input audio waiting to be fed to the stream at real-time pace."""
+    """Input audio waiting to be fed to the stream at real-time pace: each part with when it arrived and whether it
+    came from a live source (a microphone: real time, never ahead) or was pushed (an agent's audio socket)."""
 
     def __init__(self, max_samples: int) -> None:
         self.max_samples = max_samples
-        self._parts: deque[np.ndarray] = deque()
+        self._parts: deque[tuple[np.ndarray, float, bool]] = deque()
         self.size = 0
 
-    def put(self, pcm: np.ndarray) -> bool:
-        """Append audio; False (nothing kept) when it would exceed the limit."""
+    def put(self, pcm: np.ndarray, arrived: float = 0.0, live: bool = False) -> bool:
+        """Append audio that arrived at clock time `arrived`; False (nothing kept) when it would exceed the limit."""
         if self.size + pcm.size > self.max_samples:
             return False
         if pcm.size:
-            self._parts.append(pcm)
+            self._parts.append((pcm, arrived, live))
             self.size += pcm.size
         return True
+
+    @property
+    def oldest(self) -> float | None:
+        """When the audio at the front arrived (None when empty)."""
+        return self._parts[0][1] if self._parts else None
+
+    @property
+    def live(self) -> bool:
+        """The audio at the front came from a live source."""
+        return bool(self._parts) and self._parts[0][2]
 
     def take(self, n: int) -> np.ndarray:
         """Up to n samples from the front."""
         out, need = [], min(n, self.size)
         while need:
-            part = self._parts[0]
+            part, arrived, live = self._parts[0]
             if part.size <= need:
-                out.append(self._parts.popleft())
+                out.append(self._parts.popleft()[0])
                 need -= part.size
             else:
                 out.append(part[:need])
-                self._parts[0] = part[need:]
+                self._parts[0] = (part[need:], arrived, live)
                 need = 0
         pcm = np.concatenate(out) if out else np.zeros(0, np.float32)
         self.size -= pcm.size
         return pcm
+
+    def drop_quiet(self, samples: int, rms: float) -> int:
+        """Drop whole live parts from the front while each is quieter than `rms`, up to `samples`; how many dropped."""
+        dropped = 0
+        while self._parts and self._parts[0][2] and dropped + self._parts[0][0].size <= samples:
+            part = self._parts[0][0]
+            if float(np.sqrt(np.mean(np.square(part)))) >= rms:
+                break
+            self._parts.popleft()
+            dropped += part.size
+        self.size -= dropped
+        return dropped
 
     def clear(self) -> None:
         self._parts.clear()

@@ -233,7 +233,7 @@ class Session:
         try:
             while True:
                 frame = cast(AudioFrame, await track.recv())  # an audio track's frames (typed Frame | Packet)
-                self.put_audio(resampler.frame(frame))
+                self.put_audio(resampler.frame(frame), live=True)
         except MediaStreamError:
             return
 
@@ -244,9 +244,9 @@ class Session:
         except MediaStreamError:
             return
 
-    def put_audio(self, pcm: np.ndarray) -> bool:
-        """Queue input audio (mic or WS); False when the pending-audio limit is reached."""
-        return not self.closed and self.feed.put(pcm)
+    def put_audio(self, pcm: np.ndarray, live: bool = False) -> bool:
+        """Queue input audio (mic: `live`, or WS); False when the pending-audio limit is reached."""
+        return not self.closed and self.feed.put(pcm, self.clock.monotonic(), live)
 
     def flush(self) -> None:
         """End of utterance: feed the tail without waiting for the jitter allowance."""
@@ -371,7 +371,7 @@ class Session:
 
     def stats(self) -> Event:
         """The stats event (also used by the bench)."""
-        values = list(self.latencies)
+        values, waits = list(self.latencies), list(self.feed.waits)
         p50, p95 = percentile(values, 50), percentile(values, 95)
         return {
             "type": "stats", "fps": round(self.fps, 2), "target_fps": self.options.fps,
@@ -381,6 +381,9 @@ class Session:
             "dropped_frames": self.frames.dropped, "held_frames": self.counters.frames_held + self.skipped_frames,
             "steps": self.steps_used, "playout_delay_ms": round(self.playout.delay * 1000, 1),
             "stages": self.slot.stage_summary(),
+            "input_wait_ms": {} if not waits else {"p50_ms": round(1000 * float(np.percentile(waits, 50)), 1),
+                                                   "p95_ms": round(1000 * float(np.percentile(waits, 95)), 1)},
+            "input_dropped_ms": round(1000 * self.feed.dropped / self.rate, 1),
         }
 
     async def _stats(self) -> None:

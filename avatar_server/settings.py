@@ -76,7 +76,13 @@ class MediaSettings(_Section):
                                              "chunks' needed delays the target follows (plus the margin)")
     av_sync_tolerance_ms: float = Field(default=30.0, gt=0, description="audio resyncs beyond this offset")
     input_jitter_ms: float = Field(default=100.0, ge=0, description="input gap before silence is fed")
-    input_lead_ms: float = Field(default=200.0, ge=0, description="audio fed ahead of the wall clock")
+    input_lead_ms: float = Field(default=200.0, ge=0, description="pushed audio fed ahead of the wall clock")
+    live_input_max_lag_ms: float | None = Field(
+        default=60.0, ge=0, description="a microphone's audio is fed as it arrives, never ahead, and at most this "
+        "long behind the jitter allowance: after a gap its quiet parts are dropped until it is; None: fed like "
+        "pushed audio (ahead by input_lead_ms, every gap adding to its delay)")
+    live_input_quiet_rms: float = Field(default=0.003, ge=0, description="RMS below which a 20 ms part of "
+                                                                        "microphone audio may be dropped to catch up")
     audio_history_s: float = Field(default=5.0, gt=0, description="pushed audio kept for the audio track")
     feed_interval_ms: float = Field(default=20.0, gt=0)
     idle_after_ms: float = Field(default=500.0, gt=0, description="no input for this long: state 'idle'")

@@ -34,7 +34,8 @@ RATE = 48000
 LEAD_S, TAIL_S = 1.0, 1.5  # silence around the speech in the fake microphone's loop
 MAX_LAG_S = 2.0
 
-# Records [context time, RMS] of the microphone and the avatar's audio every 1,024 samples into window.__levels.
+# Records [context time, RMS] of the microphone and the avatar's audio every 1,024 samples into window.__levels,
+# and the server's stats events (with their context time) into window.__stats.
 RECORDER = """
 () => {
   const pc = document.querySelector('omnilive-avatar').client.pc;
@@ -45,6 +46,10 @@ RECORDER = """
   mute.gain.value = 0;
   mute.connect(ctx.destination);
   window.__levels = {mic: [], voice: [], rate: ctx.sampleRate};
+  window.__stats = [];
+  document.querySelector('omnilive-avatar').addEventListener('stats', (event) => {
+    window.__stats.push({...event.detail, t: ctx.currentTime});
+  });
   for (const [name, track] of [['mic', mic], ['voice', voice]]) {
     const source = ctx.createMediaStreamSource(new MediaStream([track]));
     const tap = ctx.createScriptProcessor(1024, 1, 1);
@@ -91,8 +96,9 @@ def delay_s(mic: np.ndarray, voice: np.ndarray, step_s: float) -> tuple[float, f
     return best_lag * step_s, best
 
 
-def measure(levels: dict, window_s: float) -> dict:
-    """Per-window delays, their median, p95 and trend (s per minute) from the recorded envelopes."""
+def measure(levels: dict, stats: list[dict], window_s: float) -> dict:
+    """Per-window delays, their median, p95 and trend (s per minute) from the recorded envelopes; beside each
+    window, the server's playout delay over it (max of its stats events)."""
     mic, voice = np.asarray(levels["mic"]), np.asarray(levels["voice"])
     step_s = 1024 / levels["rate"]
     start, end = max(mic[0, 0], voice[0, 0]), min(mic[-1, 0], voice[-1, 0])
@@ -103,7 +109,10 @@ def measure(levels: dict, window_s: float) -> dict:
     for first in range(0, len(grid) - per_window - int(MAX_LAG_S / step_s), per_window):
         lag, corr = delay_s(mic_env[first:first + per_window + int(MAX_LAG_S / step_s)],
                             voice_env[first:first + per_window + int(MAX_LAG_S / step_s)], step_s)
-        rows.append({"t_s": round(float(grid[first] - start), 1), "delay_ms": round(1000 * lag, 1), "corr": round(corr, 3)})
+        t0 = float(grid[first])
+        playout = [e["playout_delay_ms"] for e in stats if t0 <= e["t"] < t0 + window_s]
+        rows.append({"t_s": round(t0 - start, 1), "delay_ms": round(1000 * lag, 1), "corr": round(corr, 3),
+                     "playout_delay_ms_max": max(playout, default=None)})
     good = [row for row in rows if row["corr"] > 0.5]
     delays = np.array([row["delay_ms"] for row in good])
     trend = float(np.polyfit([row["t_s"] for row in good], delays, 1)[0] * 60) if len(good) > 2 else float("nan")
@@ -111,6 +120,24 @@ def measure(levels: dict, window_s: float) -> dict:
             "delay_ms_median": round(float(np.median(delays)), 1) if len(delays) else None,
             "delay_ms_p95": round(float(np.percentile(delays, 95)), 1) if len(delays) else None,
             "trend_ms_per_min": round(trend, 1), "per_window": rows}
+
+
+def server_share(stats: list[dict]) -> dict:
+    """The server's own figures over the run (medians of its per-second stats events): latency (audio fed -> frame
+    sent), playout delay, the microphone audio's wait before it is fed, and the engine's stages."""
+    def median(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return round(float(np.median(present)), 1) if present else None
+
+    stages = {name: median([s.get("stages", {}).get(name, {}).get("p50_ms") for s in stats])
+              for name in ("queue", "sample", "decode", "buffer", "late")}
+    return {"events": len(stats), "latency_ms_p50": median([s.get("latency_ms_p50") for s in stats]),
+            "latency_ms_p95": median([s.get("latency_ms_p95") for s in stats]),
+            "playout_delay_ms_median": median([s.get("playout_delay_ms") for s in stats]),
+            "playout_delay_ms_max": max((s.get("playout_delay_ms") or 0.0 for s in stats), default=None),
+            "input_wait_ms_p50": median([s.get("input_wait_ms", {}).get("p50_ms") for s in stats]),
+            "input_wait_ms_p95": median([s.get("input_wait_ms", {}).get("p95_ms") for s in stats]),
+            "stages_p50_ms": stages}
 
 
 def main() -> int:
@@ -130,9 +157,11 @@ def main() -> int:
             tab.page.evaluate(RECORDER)
             time.sleep(args.seconds)
             levels = tab.page.evaluate("window.__levels")
+            stats = tab.page.evaluate("window.__stats")
             buffers = tab.page.evaluate(JITTER_BUFFERS)
-    result = {"seconds": args.seconds, "window_s": args.window, **measure(levels, args.window),
-              "jitter_buffer_ms": {kind: round(ms, 1) for kind, ms in buffers.items()}}
+    result = {"seconds": args.seconds, "window_s": args.window, **measure(levels, stats, args.window),
+              "jitter_buffer_ms": {kind: round(ms, 1) for kind, ms in buffers.items()},
+              "server": server_share(stats)}
     summary = {key: value for key, value in result.items() if key != "per_window"}
     logger.info("microphone -> avatar voice: %s", summary)
     sys.stdout.write(json.dumps(result if args.json else summary, indent=None if args.json else 2) + "\n")

@@ -12,8 +12,9 @@ import pytest
 from avatar_server.audio import AudioHistory, Inbox, PCM16Decoder
 from avatar_server.auth import Authenticator
 from avatar_server.engine import Engine
+from avatar_server.feed import AudioFeed
 from avatar_server.playout import FrameQueue
-from avatar_server.settings import AuthSettings, EngineSettings, VADSettings
+from avatar_server.settings import AuthSettings, EngineSettings, MediaSettings, ServerSettings, VADSettings
 from avatar_server.slot import ClearAudio, GeneratedChunk, PushAudio, Slot, SlotCallbacks
 from avatar_server.testing import FakePipeline, FakeStreamOptions
 from avatar_server.vad import VoiceWorker
@@ -220,3 +221,66 @@ def test_the_server_decodes_at_the_configured_precision(tmp_path: Path, precisio
     settings = load_settings("configs/server/test.yaml", environ={},
                              model={"weights": None, "config": str(config), "decode_precision": precision})
     assert load_pipeline(settings).pipe.vae.decode_bfloat16 == (precision == "bfloat16")
+
+
+#################################################################################
+#                                  Audio feed                                   #
+#################################################################################
+
+
+class _Recorder:
+    """Stands in for the VAD worker: what the feed pushed, as (samples, input or silence)."""
+
+    def __init__(self) -> None:
+        self.pushed: list[tuple[int, bool]] = []
+
+    def push(self, session_id: str, pcm: np.ndarray, detect: bool) -> None:
+        self.pushed.append((pcm.size, detect))
+
+
+def _feed(**media: object) -> tuple[AudioFeed, _Recorder]:
+    voice = _Recorder()
+    settings = ServerSettings(media=MediaSettings(**media))  # type: ignore[arg-type]
+    return AudioFeed(settings, voice, "s", 16000), voice  # type: ignore[arg-type]
+
+
+def _microphone(feed: AudioFeed, seconds: float, start: float, gap: tuple[float, float] | None = None,
+                loud: bool = False) -> None:
+    """A microphone's 20 ms parts arriving in real time (none during `gap`, which then arrives at once at its end),
+    with the feed ticking every 20 ms."""
+    part = np.full(320, 0.1 if loud else 0.0, np.float32)
+    held = 0
+    for i in range(int(seconds / 0.02)):
+        t = start + i * 0.02
+        if gap is not None and gap[0] <= t < gap[1]:
+            held += 1
+        else:
+            for _ in range(held + 1):
+                feed.put(part, t, live=True)
+            held = 0
+        feed.tick(t + 0.02, t + 0.02)
+
+
+def test_a_microphone_is_fed_as_it_arrives_and_catches_up_in_quiet_after_a_gap() -> None:
+    feed, _ = _feed()
+    _microphone(feed, 2.0, 0.0)
+    ahead = feed.history.end - 2.0 * 16000
+    assert -0.1 * 16000 <= ahead <= 0  # never ahead of the wall clock, at most the jitter allowance behind
+    dropped = feed.dropped
+    _microphone(feed, 3.0, 2.0, gap=(2.5, 2.8), loud=True)  # speech: a 300 ms gap is not dropped
+    assert feed.dropped == dropped and feed.history.end + feed.inbox.size - 5.0 * 16000 > 0.1 * 16000
+    _microphone(feed, 1.0, 5.0)  # the next pause: quiet parts go until it is at most 60 ms behind the allowance
+    assert feed.dropped - dropped >= 0.15 * 16000
+    assert feed.history.end + feed.inbox.size - (6.0 - 0.1) * 16000 <= 0.06 * 16000 + 320
+    assert max(feed.waits) > 0.2 and feed.waits[-1] < 0.1
+
+
+def test_pushed_audio_is_fed_ahead_and_never_dropped() -> None:
+    feed, voice = _feed()
+    feed.put(np.zeros(3 * 16000, np.float32), 0.0)  # an agent's 3 s, at once
+    for i in range(50):
+        feed.tick((i + 1) * 0.02, (i + 1) * 0.02)
+    assert feed.dropped == 0 and feed.history.end == int((1.0 + 0.2) * 16000)  # the lead allowance ahead
+    old, _ = _feed(live_input_max_lag_ms=None)  # the previous rule for a microphone: fed like pushed audio
+    _microphone(old, 2.0, 0.0, gap=(0.5, 0.8))
+    assert old.dropped == 0 and old.history.end + old.inbox.size - 2.0 * 16000 > 0.1 * 16000
