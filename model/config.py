@@ -145,6 +145,9 @@ class GuideSection(_Section):
                          "avatars whose eyes are not found above the mouth do not blink")
     head_motion: bool = Field(default=False, description="sway the head and nod while speaking when no pose is "
                               "given (model/head_motion.py)")
+    detail_fade: float = Field(default=0.0, ge=0, description="lay the picture's fine detail, which the VAE loses, "
+                               "back onto decoded frames where they still show the picture (model/detail.py): the "
+                               "blurred change (0-255 levels) at which it fades out; 0 lays none")
 
 
 class VideoSection(_Section):

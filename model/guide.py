@@ -80,11 +80,7 @@ class MouthBank:
 
     def blend(self, openness: torch.Tensor) -> torch.Tensor:
         """Openness [F] in [0, 1] -> guide latents [F, C, h, w], linear between neighbouring openings."""
-        o = openness.to(self.openings.dtype).clamp(0.0, 1.0)
-        upper = torch.searchsorted(self.openings, o).clamp(1, len(self.openings) - 1)  # [F]
-        lo, hi = self.openings[upper - 1], self.openings[upper]
-        w = ((o - lo) / (hi - lo)).to(self.latents.dtype)[:, None, None, None]
-        return self.latents[upper - 1] * (1 - w) + self.latents[upper] * w
+        return blend_openings(self.latents, self.openings, openness)
 
     def hide_mouth(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents [..., C, h, w] with the mouth cells zeroed: the guide stays the only source of the mouth."""
@@ -104,13 +100,28 @@ def mouth_cells(latents: torch.Tensor, threshold: float, grow: int = 1) -> torch
     return cells[0, 0] > 0
 
 
+def blend_openings(table: torch.Tensor, openings: torch.Tensor, openness: torch.Tensor) -> torch.Tensor:
+    """A table [K, ...] of one entry per opening (increasing, 0 to 1) at openness [F] -> [F, ...], linear
+    between neighbouring openings."""
+    o = openness.to(table.device, openings.dtype).clamp(0.0, 1.0)
+    upper = torch.searchsorted(openings.to(o.device), o).clamp(1, len(openings) - 1)  # [F]
+    lo, hi = openings.to(o.device)[upper - 1], openings.to(o.device)[upper]
+    w = ((o - lo) / (hi - lo)).to(table.dtype).reshape(-1, *[1] * (table.ndim - 1))  # [F, 1, ...]
+    return table[upper - 1] * (1 - w) + table[upper] * w
+
+
+def draw_openings(image: np.ndarray, box: MouthBox, levels: torch.Tensor) -> torch.Tensor:
+    """Reference uint8 [H, W, 3] -> uint8 [K, 3, H, W]: the face with its mouth opened to each of `levels`."""
+    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0  # [3, H, W]
+    drawn = torch.stack([open_mouth(pixels, box, float(a)) for a in levels])  # [K, 3, H, W]
+    return (drawn * 255.0).round().clamp(0, 255).to(torch.uint8)
+
+
 @torch.no_grad()
 def build_mouth_bank(image: np.ndarray, box: MouthBox, encode, openings: int = 5,
                      cell_threshold: float = 0.15) -> MouthBank:
     """Reference uint8 [H, W, 3] + its mouth -> a MouthBank; `encode` maps uint8 frames [K, 3, H, W]
     to latents [K, C, h, w] (FrameVAE.encode). One VAE batch per avatar, none per frame."""
-    pixels = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float() / 255.0  # [3, H, W]
     levels = torch.linspace(0.0, 1.0, openings)
-    drawn = torch.stack([open_mouth(pixels, box, float(a)) for a in levels])  # [K, 3, H, W]
-    latents = encode((drawn * 255.0).round().clamp(0, 255).to(torch.uint8)).float()
+    latents = encode(draw_openings(image, box, levels)).float()
     return MouthBank(latents=latents, openings=levels, mouth_cells=mouth_cells(latents, cell_threshold), box=box)

@@ -25,6 +25,7 @@ from model.conditioning.text import TextEncoder
 from model.conditioning.vad import voiced_frames
 from model.config import ModelConfig, load_model_config
 from model.data.keypoints import NUM_KEYPOINTS
+from model.detail import ReferenceDetail
 from model.dit import OmniHumanDiT
 from model.errors import InputError
 from model.flow import Guidance
@@ -101,6 +102,7 @@ class ReferenceFeatures:
     still: np.ndarray | None = None  # guide models: uint8 [H, W, 3], the frame the model shows with the mouth shut
     blink: BlinkBank | None = None  # guide models with blinks, when the avatar's eyes were found: its eyes shut
     head: HeadRig | None = None  # guide models with head motion: the control points that sway its head
+    detail: ReferenceDetail | None = None  # guide models with detail_fade: the picture's detail the VAE loses
 
     @property
     def height(self) -> int:
@@ -119,6 +121,7 @@ class LatentChunk:
     latents: torch.Tensor  # [F, C, h, w]
     first_frame: int
     mouth_open: np.ndarray | None = None  # float32 [F] openness that drove the mouth guide
+    eyes_shut: np.ndarray | None = None  # float32 [F] eye closure of the guide (blinks)
     head: torch.Tensor | None = None  # [F or 1, H, W, 2] pose-warp grids for the decoded frames (model/pose_warp.py)
 
 
@@ -232,13 +235,15 @@ class AvatarStream:
                 pose = self._pose[None].expand(f, *self._pose.shape)  # [F, G, h, w]
                 head = self._head
             openness, guide = self.pipeline.mouth_guide(windows, self.reference)
+            shut = None
             if guide is not None and self.reference.blink is not None and self._blinks is not None:
-                guide = self.reference.blink.apply(guide, self._blinks.closedness(self.state.frame_index, f))
+                shut = self._blinks.closedness(self.state.frame_index, f)  # [F]
+                guide = self.reference.blink.apply(guide, shut)
             if pose is None and openness is not None and self.reference.head is not None and self._sway is not None:
                 poses = self._sway.poses(self.state.frame_index, openness.float().cpu().numpy())  # [F, 3]
                 head = self.reference.head.grids(poses)
             return ChunkConditions(audio=windows, pose=pose, text=self._text, guidance=self._guidance, guide=guide,
-                                   mouth_open=openness, head=head)
+                                   mouth_open=openness, eyes_shut=shut, head=head)
 
     def close(self) -> None:
         """Free the caches; the stream cannot be used afterwards (call it between generate calls)."""
@@ -377,7 +382,7 @@ class AvatarPipeline:
         width = width or self.config.width
         self.model_config.check_size(height, width)
         pixels = cover_crop(_as_pil(image), height, width)  # uint8 [H, W, 3]
-        bank = still = blink = head = None
+        bank = still = blink = head = detail = None
         if self.guided:
             guide = self.model_config.guide
             box = mouth or self.locate_mouth(pixels)
@@ -392,10 +397,14 @@ class AvatarPipeline:
             elif guide.blinks:
                 logger.info("no eyes found above the mouth at %s: this avatar does not blink", box.as_list())
             head = HeadRig(box, height, width) if guide.head_motion else None
+            if guide.detail_fade > 0:
+                detail = ReferenceDetail.build(pixels, bank, self.vae.decode_uint8, guide.detail_fade, blink)
+                still = detail.apply(still[None])[0]
         else:
             latents = self.vae.encode(torch.from_numpy(pixels).permute(2, 0, 1)[None])  # [1, C, h, w]
         latents = latents.expand(self.config.reference_frames, *latents.shape[1:]).contiguous()  # [R, C, h, w]
-        return ReferenceFeatures(latents=latents, image=pixels, mouth_bank=bank, still=still, blink=blink, head=head)
+        return ReferenceFeatures(latents=latents, image=pixels, mouth_bank=bank, still=still, blink=blink, head=head,
+                                 detail=detail)
 
     def locate_mouth(self, image: np.ndarray) -> MouthBox:
         """The closed mouth on a cropped reference uint8 [H, W, 3]: the checkpoint's locator (InputError when
@@ -464,7 +473,8 @@ class AvatarPipeline:
                           steps=group_steps)  # [B, F, C, h, w]
             for (stream, conditions), start, chunk in zip(group, first, latents):
                 out[id(stream)] = LatentChunk(stream=stream, latents=chunk, first_frame=start,
-                                              mouth_open=_numpy(conditions.mouth_open), head=conditions.head)
+                                              mouth_open=_numpy(conditions.mouth_open),
+                                              eyes_shut=_numpy(conditions.eyes_shut), head=conditions.head)
         return [out[id(s)] for s in streams if id(s) in out]
 
     @torch.inference_mode()
@@ -480,6 +490,9 @@ class AvatarPipeline:
             for member, part in zip(members, np.array_split(frames, len(members))):
                 decoded[member] = part
         for i, chunk in enumerate(chunks):
+            detail = chunk.stream.reference.detail
+            if detail is not None:
+                decoded[i] = detail.apply(decoded[i], chunk.mouth_open, chunk.eyes_shut)
             if chunk.head is not None:
                 decoded[i] = warp_frames(decoded[i], chunk.head)
         return [Chunk(stream=c.stream, frames=decoded[i],
@@ -552,7 +565,7 @@ class AvatarPipeline:
             raise RuntimeError("render padded the audio, yet the stream is short of it")
         latents = self.sampler.generate([stream.state], [conditions], steps=steps or stream.options.steps)
         return LatentChunk(stream=stream, latents=latents[0], first_frame=start, mouth_open=_numpy(conditions.mouth_open),
-                           head=conditions.head)
+                           eyes_shut=_numpy(conditions.eyes_shut), head=conditions.head)
 
 
 #################################################################################

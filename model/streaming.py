@@ -31,6 +31,7 @@ class ChunkConditions:
     guidance: Guidance | None = None  # None = the config's guidance
     guide: torch.Tensor | None = None  # [F, C, h, w] mouth-guide latents (None: the closed-mouth reference)
     mouth_open: torch.Tensor | None = None  # [F] the openness the guide was blended at (reported, not sampled on)
+    eyes_shut: torch.Tensor | None = None  # [F] how far the guide's eyes are shut (reported, not sampled on)
     head: torch.Tensor | None = None  # [F or 1, H, W, 2] pose-warp grids the decoded frames go through (not sampled on)
 
 
