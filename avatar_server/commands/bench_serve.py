@@ -226,7 +226,8 @@ async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float
             "held_frames": stats["held_frames"] - first["stats"]["held_frames"],
             "dropped_frames": stats["dropped_frames"] - first["stats"]["dropped_frames"],
             "steps": stats["steps"], "playout_delay_ms": stats["playout_delay_ms"],
-            "stages": stats.get("stages"),
+            "stages": stats.get("stages"), "input_wait_ms": stats.get("input_wait_ms"),
+            "input_dropped_ms": stats.get("input_dropped_ms"),
         })
     target = after[0]["stats"]["target_fps"]
     p50s = [r["latency_ms_p50"] for r in rows if r["latency_ms_p50"] is not None]
