@@ -20,6 +20,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from avatar_server.problems import Problem
 from avatar_server.settings import LimitSettings
 from avatar_server.text import check_text
+from model.conditioning.mouth import MouthBox
+from model.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +56,17 @@ class Avatar:
     reference: Any          # pipe.encode_reference(image): ReferenceFeatures
     idle: np.ndarray        # uint8 [H, W, 3]: shown before the first chunk and faded to on barge-in: the model's
                             # shut-mouth frame when it has one (no jump to the generated look), else the cropped reference
+
+
+def parse_mouth(text: str) -> MouthBox:
+    """"x,y,width": the closed mouth's lip-line centre and corner-to-corner width, in [0, 1] fractions of the
+    uploaded image; Problem 422 when it is not three numbers (MouthBox checks their ranges)."""
+    try:
+        x, y, width = (float(part) for part in text.split(","))
+    except ValueError:
+        raise Problem(422, f"mouth must be three comma-separated numbers x,y,width (fractions of the image), "
+                      f"got {text[:40]!r}", code="invalid_mouth") from None
+    return MouthBox(x=x, y=y, width=width)
 
 
 def idle_frame(reference: Any) -> np.ndarray:
@@ -156,8 +169,9 @@ class AvatarStore:
         return len(self._avatars)
 
     async def add(self, data: bytes, name: str | None = None, *, avatar_id: str | None = None,
-                  builtin: bool = False) -> Avatar:
-        """Validate, encode the reference once (off the event loop, a bounded number at a time) and store."""
+                  builtin: bool = False, mouth: MouthBox | None = None) -> Avatar:
+        """Validate, encode the reference once (off the event loop, a bounded number at a time) and store;
+        `mouth` places the closed mouth on the image instead of the model's locator."""
         if name is not None and len(name) > MAX_NAME_CHARS:
             raise Problem(422, f"avatar name is longer than {MAX_NAME_CHARS} characters", code="invalid_name")
         if name is not None:
@@ -166,7 +180,7 @@ class AvatarStore:
             self._reserve()
         try:
             async with self._decodes:
-                avatar = await asyncio.to_thread(self._build, data, name, avatar_id, builtin)
+                avatar = await asyncio.to_thread(self._build, data, name, avatar_id, builtin, mouth)
             with self._lock:
                 self._avatars[avatar.id] = avatar
             return avatar
@@ -182,11 +196,15 @@ class AvatarStore:
                           code="avatar_limit")
         self._reserved += 1
 
-    def _build(self, data: bytes, name: str | None, avatar_id: str | None, builtin: bool) -> Avatar:
+    def _build(self, data: bytes, name: str | None, avatar_id: str | None, builtin: bool,
+               mouth: MouthBox | None) -> Avatar:
         """Decode and encode the reference (worker thread)."""
         try:
             image, (width, height) = decode_image(data, self.limits)
-            reference = self.pipe.encode_reference(image)
+            try:
+                reference = self.pipe.encode_reference(image, mouth=mouth)
+            except InputError as error:  # no mouth found, or the given one cut off by the crop
+                raise Problem(422, str(error), code="unusable_avatar") from None
             del image
             return Avatar(
                 id=avatar_id or "av_" + secrets.token_hex(8), name=name or avatar_id or "avatar",

@@ -205,8 +205,8 @@ class FakePipeline:
     def samples_per_frame(self) -> int:
         return self.config.sample_rate // self.config.fps
 
-    def encode_reference(self, image: Image.Image | np.ndarray) -> FakeReference:
-        """The reference resized to the output size."""
+    def encode_reference(self, image: Image.Image | np.ndarray, mouth: object = None) -> FakeReference:
+        """The reference resized to the output size (the fake draws its own mouth bar: `mouth` is not used)."""
         if isinstance(image, np.ndarray):
             image = Image.fromarray(image)
         resized = image.convert("RGB").resize((self.config.width, self.config.height), Image.Resampling.BILINEAR)

@@ -48,13 +48,26 @@ def load_image(path: str | Path) -> Image.Image:
     return rgb
 
 
+def _cover(source: tuple[int, int], height: int, width: int) -> tuple[tuple[int, int], int, int]:
+    """cover_crop's geometry for a source (width, height): the resized size (w, h) and the crop's left, top."""
+    scale = max(height / source[1], width / source[0])
+    size = (max(width, round(source[0] * scale)), max(height, round(source[1] * scale)))
+    return size, (size[0] - width) // 2, (size[1] - height) // 2
+
+
 def cover_crop(image: Image.Image, height: int, width: int) -> np.ndarray:
     """Resize so the image covers height x width, then center-crop -> uint8 [height, width, 3]."""
-    scale = max(height / image.height, width / image.width)
-    size = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    size, left, top = _cover(image.size, height, width)
     resized = image.resize(size, Image.Resampling.BICUBIC)
-    left, top = (size[0] - width) // 2, (size[1] - height) // 2
     return np.asarray(resized.crop((left, top, left + width, top + height)), dtype=np.uint8).copy()
+
+
+def cover_crop_place(x: float, y: float, length: float, source: tuple[int, int], height: int,
+                     width: int) -> tuple[float, float, float]:
+    """A point (x, y) and a horizontal length, in [0, 1] fractions of a source image (width, height), -> the
+    same in fractions of its cover_crop to height x width (the point may fall outside [0, 1])."""
+    size, left, top = _cover(source, height, width)
+    return (x * size[0] - left) / width, (y * size[1] - top) / height, length * size[0] / width
 
 
 def load_audio(path: str | Path, sample_rate: int) -> np.ndarray:

@@ -31,7 +31,7 @@ from model.errors import InputError
 from model.flow import Guidance
 from model.guide import MouthBank, build_mouth_bank
 from model.head_motion import HeadRig, HeadSway
-from model.media import cover_crop
+from model.media import cover_crop, cover_crop_place
 from model.pose_warp import PoseWarp, warp_frames
 from model.streaming import ChunkConditions, StreamingSampler, StreamState
 from model.vae import FrameVAE
@@ -376,12 +376,16 @@ class AvatarPipeline:
     def encode_reference(self, image: Image.Image | np.ndarray, height: int | None = None,
                          width: int | None = None, mouth: MouthBox | None = None) -> ReferenceFeatures:
         """Resize (cover) + center-crop to height x width (default: the config's), VAE-encode once. A guide
-        model also draws the avatar's mouth bank here, at `mouth` (on the cropped image) or where the
-        checkpoint's mouth locator finds it (InputError when it finds none)."""
+        model also draws the avatar's mouth bank here, at `mouth` (its closed mouth on `image` as given, in
+        [0, 1] fractions of that image) or where the checkpoint's mouth locator finds it (InputError when it
+        finds none)."""
         height = height or self.config.height
         width = width or self.config.width
         self.model_config.check_size(height, width)
-        pixels = cover_crop(_as_pil(image), height, width)  # uint8 [H, W, 3]
+        picture = _as_pil(image)
+        pixels = cover_crop(picture, height, width)  # uint8 [H, W, 3]
+        if mouth is not None:
+            mouth = _cropped_mouth(mouth, picture.size, height, width)
         bank = still = blink = head = detail = None
         if self.guided:
             guide = self.model_config.guide
@@ -571,6 +575,16 @@ class AvatarPipeline:
 #################################################################################
 #                                    Helpers                                    #
 #################################################################################
+
+def _cropped_mouth(mouth: MouthBox, source: tuple[int, int], height: int, width: int) -> MouthBox:
+    """A mouth box on a source image (width, height) -> the same mouth on its cover crop; InputError when the
+    crop cuts it off."""
+    x, y, length = cover_crop_place(mouth.x, mouth.y, mouth.width, source, height, width)
+    if not (0.0 <= x <= 1.0 and 0.0 <= y <= 1.0):
+        raise InputError(f"the mouth at {mouth.as_list()} lies outside the centred {width}x{height} crop the avatar "
+                         "shows: crop the picture around the face")
+    return MouthBox(x=x, y=y, width=length)
+
 
 def _as_pil(image: Image.Image | np.ndarray) -> Image.Image:
     """PIL image or uint8 [H, W, 3] array -> RGB PIL image; InputError otherwise."""

@@ -13,6 +13,7 @@ from PIL import Image
 from model.conditioning.mouth import MouthBox
 from model.conditioning.mouth_locator import MouthLocator, crop_square
 from model.errors import InputError
+from model.pipeline import DEFAULT_CHECKPOINT, AvatarPipeline
 from model.train.config import LocatorAugmentConfig, LocatorTrainConfig, load_train_config
 from model.train.distributed import DistContext
 from model.train.locator_trainer import LocatorPool, sample_batch, train_locator
@@ -115,3 +116,16 @@ def test_tiny_training_run_writes_loadable_weights(tmp_path: Path) -> None:
     assert boxes.shape == (2, 3) and confidence.shape == (2,)
     logged = json.loads((tmp_path / "locator" / "training.json").read_text())
     assert logged["config"]["kind"] == "locator" and logged["result"]["steps"] == 3
+
+
+def test_a_given_mouth_on_a_wide_picture_lands_on_the_crop() -> None:
+    """encode_reference(mouth=...) takes the mouth on the picture as given: on a 2:1 picture cover-cropped to its
+    middle square it moves with the crop; a mouth the crop cuts off is a clear error."""
+    pipe = AvatarPipeline.from_pretrained(DEFAULT_CHECKPOINT)
+    face = Image.open(AVATAR).convert("RGB").resize((SIZE, SIZE))
+    wide = Image.new("RGB", (2 * SIZE, SIZE), (100, 122, 212))
+    wide.paste(face, (SIZE // 2, 0))  # the face in the middle half
+    box = pipe.encode_reference(wide, mouth=MouthBox(x=0.5 + 0.1 / 2, y=0.7, width=0.08)).mouth_bank.box
+    assert (box.x, box.y, box.width) == pytest.approx((0.6, 0.7, 0.16))
+    with pytest.raises(InputError, match="outside the centred"):
+        pipe.encode_reference(wide, mouth=MouthBox(x=0.1, y=0.7, width=0.08))

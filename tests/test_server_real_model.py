@@ -46,7 +46,8 @@ async def test_real_tiny_model_streams_generated_frames_over_webrtc() -> None:
 
 async def test_an_upload_without_a_findable_mouth_is_refused_and_a_face_is_accepted() -> None:
     """With the guide model, POST /v1/avatars locates the mouth: a flat picture is a 422 problem, the
-    default avatar's picture is stored (its mouth bank drawn once, its idle image the model's own)."""
+    default avatar's picture is stored (its mouth bank drawn once, its idle image the model's own); a `mouth`
+    given with the upload is used instead of the locator's, and a malformed one is a 422 problem."""
     settings = load_settings(TEST_CONFIG, environ={}, model={"weights": "weights/tiny", "config": "tiny"})
     handle = load_pipeline(settings)
     buffer = io.BytesIO()
@@ -62,3 +63,12 @@ async def test_an_upload_without_a_findable_mouth_is_refused_and_a_face_is_accep
             avatar = state.avatars.get(stored.json()["id"])
             assert avatar.reference.mouth_bank is not None
             assert np.array_equal(avatar.idle, avatar.reference.still)  # idle = the model's own shut-mouth frame
+            placed = await http.post(f"{url}/v1/avatars", files={"image": ("face.png", face, "image/png")},
+                                     data={"mouth": "0.4,0.6,0.2"})
+            assert placed.status_code == 201, placed.text
+            box = state.avatars.get(placed.json()["id"]).reference.mouth_bank.box
+            assert (box.x, box.y, box.width) == pytest.approx((0.4, 0.6, 0.2))  # a square picture: crop = image
+            for bad in ("0.5,0.6", "a,b,c", "0.5,1.7,0.2", "0.5,0.6,0.95"):
+                problem = await http.post(f"{url}/v1/avatars?mouth={bad}", content=face,
+                                          headers={"content-type": "image/png"})
+                assert problem.status_code == 422 and "mouth" in problem.json()["detail"], (bad, problem.text)

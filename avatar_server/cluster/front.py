@@ -22,6 +22,7 @@ from starlette.requests import HTTPConnection
 
 from avatar_server.app import install_edge
 from avatar_server.auth import Authenticator
+from avatar_server.avatars import parse_mouth
 from avatar_server.cluster.metrics import FrontMetrics
 from avatar_server.cluster.placement import Placement
 from avatar_server.cluster.pool import Worker, WorkerPool, connect, disconnect
@@ -192,10 +193,10 @@ def avatar_answer(result: AvatarResult, status: int) -> Response:
 
 
 @router.post(f"{API_PREFIX}/avatars", dependencies=[Depends(authorized)], status_code=201)
-async def upload_avatar(request: Request, state: Front, name: str | None = None) -> Response:
+async def upload_avatar(request: Request, state: Front, name: str | None = None, mouth: str | None = None) -> Response:
     """Validate on one worker, then store on every worker (and on each worker Ray restarts)."""
-    data, name = await read_upload(request, name)
-    return avatar_answer(await state.pool.add_avatar(data, name), 201)
+    data, name, mouth = await read_upload(request, name, mouth)
+    return avatar_answer(await state.pool.add_avatar(data, name, None if mouth is None else parse_mouth(mouth)), 201)
 
 
 @router.delete(f"{API_PREFIX}/avatars/{{avatar_id}}", dependencies=[Depends(authorized)], status_code=204)

@@ -23,6 +23,7 @@ from avatar_server.cluster.placement import Load, Placement
 from avatar_server.cluster.settings import LOCAL, ClusterSettings
 from avatar_server.cluster.worker import AvatarResult, AvatarWorker, PipelineFactory, WorkerStatus
 from avatar_server.settings import ServerSettings
+from model.conditioning.mouth import MouthBox
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ class WorkerPool:
         self.factory = factory
         self.workers: list[Worker] = []
         self.placement = Placement([], settings.sessions.retry_after_s)
-        self.avatars: dict[str, tuple[Any, str | None]] = {}  # uploaded avatar id -> (ObjectRef of its bytes, name)
+        # uploaded avatar id -> (ObjectRef of its bytes, name, the mouth the upload placed)
+        self.avatars: dict[str, tuple[Any, str | None, MouthBox | None]] = {}
         self.workers_lost = 0   # worker processes that died or stopped answering while holding sessions
         self.sessions_lost = 0  # sessions that ended with them
         self._tasks: list[asyncio.Task] = []
@@ -193,8 +195,8 @@ class WorkerPool:
         logger.info("worker %s: starting (pid %d, process %d)", worker.name, status.pid, worker.incarnations)
         status = await asyncio.wait_for(worker.actor.start.remote(), self.cluster.start_timeout_s)
         worker.status = status  # from here on uploads go to it too
-        pushes = [worker.actor.add_avatar.remote(data, name, avatar_id)
-                  for avatar_id, (data, name) in list(self.avatars.items())]
+        pushes = [worker.actor.add_avatar.remote(data, name, avatar_id, mouth)
+                  for avatar_id, (data, name, mouth) in list(self.avatars.items())]
         for result in await asyncio.gather(*pushes):
             if result.problem is not None:
                 logger.warning("worker %s refused a stored avatar: %s", worker.name, result.problem[1])
@@ -222,17 +224,17 @@ class WorkerPool:
     def started(self) -> list[Worker]:
         return [worker for worker in self.workers if worker.url is not None]
 
-    async def add_avatar(self, data: bytes, name: str | None) -> AvatarResult:
+    async def add_avatar(self, data: bytes, name: str | None, mouth: MouthBox | None = None) -> AvatarResult:
         """Validate on one worker, then store on every worker (bytes once in Ray's object store)."""
         started = [worker for worker in self.started() if worker.load.up] or self.started()
         if not started:
             return AvatarResult(problem=(503, "no worker is up; retry later", "not_ready"))
         avatar_id, ref = "av_" + secrets.token_hex(8), ray.put(data)
-        first = await started[0].actor.add_avatar.remote(ref, name, avatar_id)
+        first = await started[0].actor.add_avatar.remote(ref, name, avatar_id, mouth)
         if first.problem is not None:
             return first
-        self.avatars[avatar_id] = (ref, name)
-        others = [w.actor.add_avatar.remote(ref, name, avatar_id) for w in self.started() if w is not started[0]]
+        self.avatars[avatar_id] = (ref, name, mouth)
+        others = [w.actor.add_avatar.remote(ref, name, avatar_id, mouth) for w in self.started() if w is not started[0]]
         for result in await asyncio.gather(*others, return_exceptions=True):
             if isinstance(result, BaseException) or result.problem is not None:
                 logger.warning("an avatar did not reach every worker: %r", result)

@@ -20,6 +20,7 @@ from avatar_server.runtime import PipelineHandle
 from avatar_server.schemas import AvatarInfo
 from avatar_server.server_state import ServerState
 from avatar_server.settings import ServerSettings
+from model.conditioning.mouth import MouthBox
 
 logger = logging.getLogger(__name__)
 
@@ -114,14 +115,15 @@ class AvatarWorker:
             self.state.manager.draining = draining
         return self.status()
 
-    async def add_avatar(self, data: bytes, name: str | None, avatar_id: str) -> AvatarResult:
+    async def add_avatar(self, data: bytes, name: str | None, avatar_id: str,
+                         mouth: MouthBox | None = None) -> AvatarResult:
         """Validate and encode an uploaded avatar under the front's id; features computed once per worker (a second
         call for the same id waits for the first, or finds it stored)."""
         if self.state is None:
             return AvatarResult(problem=(503, "the worker is starting", "not_ready"))
         store = self.state.avatars
         if avatar_id not in self._adding and avatar_id not in {a.id for a in store.list()}:
-            self._adding[avatar_id] = asyncio.ensure_future(store.add(data, name, avatar_id=avatar_id))
+            self._adding[avatar_id] = asyncio.ensure_future(store.add(data, name, avatar_id=avatar_id, mouth=mouth))
         try:
             avatar = await asyncio.shield(self._adding[avatar_id]) if avatar_id in self._adding else store.get(avatar_id)
         except Problem as problem:
