@@ -226,7 +226,8 @@ export declare class Signaling {
   /** `token`: the session's own token (a client token cannot end a session). */
   deleteSession(sessionId: string, token?: string | null): Promise<boolean>;
   listAvatars(): Promise<AvatarInfo[]>;
-  uploadAvatar(image: Blob, name?: string): Promise<AvatarInfo>;
+  /** `mouth`: the closed mouth (lip-line centre, corner-to-corner width; fractions of the image) when the server's locator misreads it. */
+  uploadAvatar(image: Blob, name?: string, mouth?: { x: number; y: number; width: number }): Promise<AvatarInfo>;
 }
 
 //################################################################################

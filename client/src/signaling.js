@@ -95,14 +95,17 @@ export class Signaling {
   }
 
   /**
-   * POST /v1/avatars (multipart: `image`, optional `name`) -> the stored avatar.
+   * POST /v1/avatars (multipart: `image`, optional `name`, `mouth`) -> the stored avatar.
    * @param {Blob} image
    * @param {string} [name]
+   * @param {{x: number, y: number, width: number}} [mouth] the closed mouth (lip-line centre and corner-to-corner
+   *   width, fractions of the image), for pictures whose mouth the server's locator misreads
    */
-  async uploadAvatar(image, name) {
+  async uploadAvatar(image, name, mouth) {
     const form = new FormData();
     form.append('image', image, image.name ?? 'avatar.png');
     if (name) form.append('name', name);
+    if (mouth) form.append('mouth', `${mouth.x},${mouth.y},${mouth.width}`);
     const response = await this.request('POST', '/v1/avatars', form, 'upload avatar');
     return response.json();
   }
