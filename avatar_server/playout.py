@@ -8,7 +8,11 @@ its first frame's audio time) less the time the engine held it back because the 
 were queued already: that wait comes from the delay itself, and counting it would keep a large delay
 large. The target is a high percentile of those samples over a recent window plus a margin, within
 [min_latency, max_latency]. A chunk that arrives later than the delay allows raises it at once (no
-frozen video); a delay above its target comes down at a bounded rate while the avatar is silent.
+frozen video); a delay above its target comes down at a bounded rate: `latency_decay_ms_per_s` while the avatar is
+silent, `latency_speech_decay_ms_per_s` (slower) while it speaks. The session settles the delay every feed tick, so it
+moves in steps of a fraction of a millisecond: the video shows its frames that much faster (one frame skipped per
+frame time the delay came down) and the audio track plays its audio slightly faster until it has caught up
+(avatar_server.tracks), never jumping over speech.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class PlayoutClock:
         self.max_delay = settings.max_latency_ms / 1000.0
         self.margin = settings.latency_margin_ms / 1000.0
         self.decay_rate = settings.latency_decay_ms_per_s / 1000.0
+        self.speech_decay_rate = settings.latency_speech_decay_ms_per_s / 1000.0
         self.window_s = settings.latency_target_window_s
         self.percentile = settings.latency_target_percentile
         self.delay = settings.initial_latency_ms / 1000.0
@@ -62,13 +67,17 @@ class PlayoutClock:
         needed = float(np.percentile([value for _, value in self._needed], self.percentile))
         return min(self.max_delay, max(self.min_delay, needed + self.margin))
 
-    def settle(self, now: float, shrink: bool) -> None:
-        """Called periodically: when `shrink` (the avatar is silent, the audio jump inaudible) move a delay above
-        its target down towards it, by at most `latency_decay_ms_per_s` for each second since the last call."""
+    def settle(self, now: float, speaking: bool) -> None:
+        """Called often (every feed tick): move a delay above its target down towards it, by at most
+        `latency_decay_ms_per_s` (silent) or `latency_speech_decay_ms_per_s` (`speaking`) for each second since the
+        last call."""
         elapsed, self._last_settle = now - self._last_settle, now
+        rate = self.speech_decay_rate if speaking else self.decay_rate
+        if rate <= 0 or elapsed <= 0:
+            return
         target = self.target(now)
-        if shrink and target is not None and target < self.delay:
-            self.delay = max(target, self.delay - self.decay_rate * elapsed)
+        if target is not None and target < self.delay:
+            self.delay = max(target, self.delay - rate * elapsed)
 
     def _forget(self, now: float) -> None:
         """Drop the samples older than the window."""

@@ -99,6 +99,7 @@ class Session:
         self.epoch = 0  # barge-ins so far: the one counter of epochs (avatar_server.slot)
         self.interrupted_at: float | None = None
         self.speaking = False
+        self.spoke_at = float("-inf")  # when the input's speech last ended: the avatar speaks it a playout delay later
         self.connected = asyncio.Event()
         self.ended = asyncio.Event()
         self.tasks: set[asyncio.Task] = set()
@@ -280,6 +281,8 @@ class Session:
             now = self.clock.monotonic()
             self.feed.tick(now - origin, now)
             self._update_state(now)
+            # small steps, the slower rate while speech plays (its input voiced within the delay): the tracks follow
+            self.playout.settle(now, speaking=self.speaking or now - self.spoke_at < self.playout.delay)
             await self.clock.sleep(interval)
 
     # ------------------------------------------------------------------ engine -> loop
@@ -308,6 +311,8 @@ class Session:
         self.steps_used = chunk.steps
 
     def _on_voice(self, speaking: bool) -> None:
+        if self.speaking and not speaking:
+            self.spoke_at = self.clock.monotonic()
         self.speaking = speaking
         self._update_state(self.clock.monotonic())
 
@@ -394,5 +399,4 @@ class Session:
             now, sent, fresh = self.clock.monotonic(), self.counters.frames_sent, self.counters.frames_generated_sent
             self.fps, self.generated_fps = (sent - last_n) / (now - last_t), (fresh - last_fresh) / (now - last_t)
             last_t, last_n, last_fresh = now, sent, fresh
-            self.playout.settle(now, shrink=not self.speaking)  # only in silence is the audio jump inaudible
             self.emit(self.stats())

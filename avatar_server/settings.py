@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "server" / "default.yaml"
 ENV_PREFIX = "OMNILIVE_"
 ENV_NESTING = "__"
+AUDIO_CATCH_UP = 0.05  # the outbound audio plays at most this much faster while it catches up with a shrinking delay
 
 
 class _Section(BaseModel):
@@ -69,7 +70,11 @@ class MediaSettings(_Section):
     max_latency_ms: float = Field(default=800.0, gt=0, description="latency budget: beyond it, fewer steps, then held frames")
     latency_margin_ms: float = Field(default=40.0, ge=0, description="slack kept above the measured percentile")
     latency_decay_ms_per_s: float = Field(default=100.0, ge=0, description="how fast a delay above its target comes "
-                                                                         "down (in silence only)")
+                                                                         "down while the avatar is silent")
+    latency_speech_decay_ms_per_s: float = Field(
+        default=20.0, ge=0, le=1000 * AUDIO_CATCH_UP, description="how fast a delay above its target comes down while "
+        "the avatar speaks: the video skips a frame per frame time, the audio plays that much faster (at most "
+        f"{AUDIO_CATCH_UP:.0%}) until it caught up; 0: only in silence")
     latency_target_window_s: float = Field(default=10.0, gt=0, description="seconds of chunks whose needed delay "
                                                                           "sets the playout delay's target")
     latency_target_percentile: float = Field(default=95.0, gt=0, le=100, description="the percentile of those "

@@ -17,6 +17,7 @@ from av import AudioFrame, VideoFrame
 from avatar_server.audio import PCM16_SCALE, AudioHistory
 from avatar_server.clock import Clock
 from avatar_server.playout import FrameQueue, PlayoutClock, TimedFrame
+from avatar_server.settings import AUDIO_CATCH_UP
 
 VIDEO_CLOCK_RATE = 90000
 AUDIO_PTIME_S = 0.020
@@ -136,9 +137,12 @@ class AvatarVideoTrack(MediaStreamTrack):
 class AvatarAudioTrack(MediaStreamTrack):
     """The audio pushed to the model, played on the same clock as the video (delayed by its latency).
 
-    A 20 ms packet leaves every 20 ms. Its content is the history at the audio time playing now;
-    when the clock's delay changes the read position jumps forward (delay shrank) or waits with
-    silence (delay grew), so lips and voice stay within `tolerance` of each other.
+    A 20 ms packet leaves every 20 ms. Its content is the history at the audio time playing now.
+    When the clock's delay shrinks a little (it comes down gradually, also while the avatar speaks) the
+    read position falls behind: each packet then takes up to `AUDIO_CATCH_UP` more audio, resampled
+    into its 20 ms (played that much faster, no jump over speech), until it caught up. Further behind
+    than `tolerance` it jumps forward; when the delay grows it waits with silence. So lips and voice
+    stay within `tolerance` of each other.
     """
 
     kind = "audio"
@@ -150,6 +154,7 @@ class AvatarAudioTrack(MediaStreamTrack):
         self.rate = history.rate
         self.samples = int(round(AUDIO_PTIME_S * self.rate))
         self.tolerance = int(round(tolerance_s * self.rate))
+        self.catch_up = int(AUDIO_CATCH_UP * self.samples)  # extra samples a packet may take while behind
         self.counters = counters
         self._anchor: float | None = None
         self.started_at: float | None = None  # the first packet's send time; samples count from it
@@ -176,8 +181,12 @@ class AvatarAudioTrack(MediaStreamTrack):
         if self._position > target + self.tolerance:
             pcm = np.zeros(self.samples, np.float32)  # the video fell back: wait for it
         else:
-            pcm = self.history.read(self._position, self.samples)
-            self._position += self.samples
+            extra = min(max(target - self._position, 0), self.catch_up)
+            pcm = self.history.read(self._position, self.samples + extra)
+            if extra:  # behind a shrinking delay: this packet's audio a little faster
+                pcm = np.interp(np.arange(self.samples) * ((self.samples + extra) / self.samples),
+                                np.arange(self.samples + extra), pcm).astype(np.float32)
+            self._position += self.samples + extra
 
         data = np.clip(pcm * PCM16_SCALE, -PCM16_SCALE, PCM16_SCALE - 1).astype(np.int16)
         frame = AudioFrame.from_ndarray(data.reshape(1, -1), format="s16", layout="mono")

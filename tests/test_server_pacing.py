@@ -202,6 +202,36 @@ async def test_the_playout_delay_comes_down_to_what_the_pipeline_needs_not_what_
     assert playout.target(live.clock.now) == pytest.approx(playout.delay)
 
 
+@pytest.mark.parametrize("speech_decay_ms_per_s", [50.0, 0.0])
+async def test_during_continuous_speech_the_delay_comes_down_without_a_jump_in_voice_or_video(
+        speech_decay_ms_per_s: float) -> None:
+    """Started at the latency budget (as after a slow spell), the avatar speaking all along: the delay comes down at
+    the speech rate (0: the rule before 2026-11-28, only in silence), the audio plays slightly faster instead of
+    jumping (no resync), the video skips one frame per frame time the delay came down, lips and voice stay in sync."""
+    seconds = 7.0
+    async with virtual_session(media={"initial_latency_ms": 800,
+                                      "latency_speech_decay_ms_per_s": speech_decay_ms_per_s}) as live:
+        live.session.put_audio(tone_bursts(seconds + 1.0))        # its pauses are shorter than the delay
+        await live.run(seconds)
+        playout, counters, dropped = live.session.playout, live.session.counters, live.session.frames.dropped
+        speaking = [s for t, s in live.sent.states]
+    video, audio = live.sent.video, live.sent.audio
+    came_down = 0.8 - playout.delay
+    if speech_decay_ms_per_s == 0:
+        assert came_down < 0.03                                    # only in the silence before the first burst
+        return
+    assert "speaking" in speaking
+    assert came_down == pytest.approx(seconds * speech_decay_ms_per_s / 1000, abs=0.05)
+    assert playout.delay > playout.target(live.clock.now)          # still above it: it came down while speaking
+    assert counters.audio_resyncs == 0, "the audio jumped"
+    assert dropped <= came_down * 25 + 1 and counters.frames_held == 0
+    assert np.allclose(np.diff([t for t, _, _ in video]), 1 / 25)  # still one frame every 1/25 s
+    lips = [(t, read_mouth(img) > 0.5) for t, _, img in video]
+    voice = [(t, loud(pcm, 0.1)) for t, _, pcm in audio]
+    lag, agreement = best_lag(*envelopes(lips, voice, start=live.clock.now - 4.0))
+    assert agreement > 0.9 and abs(lag) <= 1 / 25, (lag, agreement)
+
+
 def assert_quiet(sent: Sent, start: float, end: float) -> None:
     """Between a barge-in at `start` and `end`: at most one chunk of open mouth, no speech after one chunk."""
     chunk_s = CHUNK_FRAMES / 25

@@ -1,6 +1,7 @@
 """The playout delay on virtual time: it follows the p95 of what chunks needed plus the margin, rises at once for a
-late chunk, comes back down once slow chunks leave the window, stays within its limits, and never counts the time
-the engine held a chunk back because the session's frames were queued already."""
+late chunk, comes back down once slow chunks leave the window (faster in silence, slower but also while the avatar
+speaks), stays within its limits, and never counts the time the engine held a chunk back because the session's
+frames were queued already."""
 
 from __future__ import annotations
 
@@ -16,16 +17,18 @@ from avatar_server.slot import GeneratedChunk, PushAudio, Slot, SlotCallbacks
 from avatar_server.testing import FakePipeline, FakeStreamOptions
 
 CHUNK_S = 0.08        # a chunk every 80 ms (2 frames at 25 fps)
-SETTLE_S = 1.0        # the session settles its playout delay once per stats interval
 MARGIN_S = 0.04
 DECAY_PER_S = 0.1
+SPEECH_DECAY_PER_S = 0.02
+TICK_S = 0.02         # the session settles its playout delay every feed tick
 WINDOW_S = 10.0
 OPEN_WAIT_S = 5.0     # real seconds for the engine's side thread to open a stream
 
 
 def media(**overrides: float) -> MediaSettings:
     values = dict(initial_latency_ms=300, min_latency_ms=80, max_latency_ms=800, latency_margin_ms=MARGIN_S * 1000,
-                  latency_decay_ms_per_s=DECAY_PER_S * 1000, latency_target_window_s=WINDOW_S,
+                  latency_decay_ms_per_s=DECAY_PER_S * 1000, latency_speech_decay_ms_per_s=SPEECH_DECAY_PER_S * 1000,
+                  latency_target_window_s=WINDOW_S,
                   latency_target_percentile=95)
     return MediaSettings(**{**values, **overrides})
 
@@ -39,20 +42,22 @@ class Stream:
         self.arrivals: list[float] = []
         self.delays: list[float] = []  # the playout delay after each chunk
 
-    def chunk(self, needed: float, held: float = 0.0, shrink: bool = True) -> None:
-        """The next chunk, CHUNK_S after the last, ready `needed` after its audio time (`held` of that held back)."""
-        self.now += CHUNK_S
+    def chunk(self, needed: float, held: float = 0.0, speaking: bool = False) -> None:
+        """The next chunk, CHUNK_S after the last, ready `needed` after its audio time (`held` of that held back);
+        the delay settled every feed tick in between."""
+        for _ in range(int(round(CHUNK_S / TICK_S))):
+            self.now += TICK_S
+            self.playout.settle(self.now, speaking)
         self.playout.chunk_arrived(self.now - self.playout.origin - needed, self.now, held)
-        self.playout.settle(self.now, shrink)
         self.arrivals.append(self.now)
         self.delays.append(self.playout.delay)
 
-    def chunks(self, needed: np.ndarray, shrink: bool = True) -> None:
+    def chunks(self, needed: np.ndarray, speaking: bool = False) -> None:
         for value in needed:
-            self.chunk(float(value), shrink=shrink)
+            self.chunk(float(value), speaking=speaking)
 
-    def steady(self, seconds: float, needed: float, shrink: bool = True) -> None:
-        self.chunks(np.full(int(round(seconds / CHUNK_S)), needed), shrink)
+    def steady(self, seconds: float, needed: float, speaking: bool = False) -> None:
+        self.chunks(np.full(int(round(seconds / CHUNK_S)), needed), speaking)
 
     def held_back(self, seconds: float, pipeline: float, room: float, count_held: bool = True) -> None:
         """Chunks the pipeline makes in `pipeline` seconds, each held back by the engine until its first frame plays
@@ -79,7 +84,7 @@ def test_a_burst_of_slow_chunks_raises_the_delay_at_once_and_it_comes_back_after
     stream = Stream(PlayoutClock(media(), origin=0.0))
     stream.steady(20.0, 0.15)
     assert stream.playout.delay == pytest.approx(0.19)
-    stream.chunk(0.45, shrink=False)                                 # one slow chunk: no frozen video
+    stream.chunk(0.45)                                               # one slow chunk: no frozen video
     assert stream.playout.delay == pytest.approx(0.49)
     stream.chunks(np.full(15, 0.45))                                 # a burst: more than 5 % of the window
     bursts = len(stream.delays)
@@ -100,12 +105,41 @@ def test_the_delay_stays_within_its_limits() -> None:
     assert min(stream.delays) == pytest.approx(0.08) and stream.playout.delay == pytest.approx(0.08)
 
 
-def test_the_delay_comes_down_only_in_silence() -> None:
+def test_the_delay_comes_down_slower_while_the_avatar_speaks_and_not_at_all_when_told_so() -> None:
     stream = Stream(PlayoutClock(media(), origin=0.0))
-    stream.steady(5.0, 0.1, shrink=False)                            # speaking: the audio jump would be heard
-    assert stream.playout.delay == pytest.approx(0.3)
-    stream.steady(0.8, 0.1)
-    assert stream.playout.delay == pytest.approx(0.22)               # 0.8 s of silence: 80 ms
+    stream.steady(5.0, 0.1, speaking=True)                           # speaking: 20 ms/s from the first chunk on
+    speaking = 0.3 - (stream.now - CHUNK_S) * SPEECH_DECAY_PER_S
+    assert stream.playout.delay == pytest.approx(speaking)
+    stream.steady(0.4, 0.1)
+    assert stream.playout.delay == pytest.approx(speaking - 0.04)    # 0.4 s of silence: 40 ms
+    before = Stream(PlayoutClock(media(latency_speech_decay_ms_per_s=0), origin=0.0))
+    before.steady(5.0, 0.1, speaking=True)                           # the rule before 2026-11-28: silence only
+    assert before.playout.delay == pytest.approx(0.3)
+
+
+def test_after_a_slow_spell_the_delay_returns_to_the_p95_plus_margin_during_continuous_speech() -> None:
+    """The engine was slow (the delay went to its cap), then fast again while the avatar never stops speaking: the
+    delay comes back to the p95 of what chunks need plus the margin, in steps of at most the speech rate per tick
+    (so the tracks follow without a jump: tests/test_server_pacing.py), never up."""
+    stream = Stream(PlayoutClock(media(), origin=0.0))
+    stream.steady(5.0, 0.15, speaking=True)
+    stream.steady(3.0, 1.5, speaking=True)                           # the slow spell: at the 800 ms cap
+    assert stream.playout.delay == pytest.approx(0.8)
+    slow_end = len(stream.delays)
+    stream.steady(WINDOW_S - 3.0, 0.15, speaking=True)               # fast again; the slow chunks still in the window
+    assert stream.playout.delay == pytest.approx(0.8)
+    stream.steady(3.0, 0.15, speaking=True)                          # ... and leaving it
+    left = len(stream.delays)
+    down_s = (0.8 - 0.19) / SPEECH_DECAY_PER_S                       # 30.5 s at 20 ms/s
+    stream.steady(down_s + 1.0, 0.15, speaking=True)
+    assert stream.playout.target(stream.now) == pytest.approx(0.19)
+    assert stream.playout.delay == pytest.approx(0.19)
+    steps = np.diff(stream.delays[slow_end - 1:])
+    assert np.all(steps <= 1e-12) and np.all(steps >= -SPEECH_DECAY_PER_S * CHUNK_S - 1e-9)
+    delays = np.array(stream.delays)
+    start = slow_end + int(np.argmax(delays[slow_end:] < 0.8 - 1e-9))  # once the slow chunks are under 5 % of it
+    end = start + int(np.argmax(delays[start:] <= 0.19 + 1e-9))
+    assert start <= left and (end - start) * CHUNK_S == pytest.approx(down_s, abs=2 * CHUNK_S)
 
 
 def test_time_the_engine_held_a_chunk_back_for_room_is_not_counted() -> None:
