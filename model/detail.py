@@ -87,6 +87,7 @@ class ReferenceDetail:
         decoded, details = self.guide(amounts, None if shut is None else torch.as_tensor(shut, dtype=torch.float32))
         pixels = torch.from_numpy(np.ascontiguousarray(frames)).float()  # [F, H, W, 3]
         change = (pixels - decoded).abs().mean(dim=-1)[:, None]  # [F, 1, H, W]
-        change = F.avg_pool2d(change, CHANGE_WINDOW, stride=1, padding=CHANGE_WINDOW // 2, count_include_pad=False)
+        box = torch.full((1, 1, CHANGE_WINDOW, CHANGE_WINDOW), 1.0 / CHANGE_WINDOW**2)
+        change = F.conv2d(change, box, padding=CHANGE_WINDOW // 2)  # the window's mean (a convolution: 2x an avg_pool)
         weight = (1.0 - change / self.fade).clamp(0.0, 1.0).permute(0, 2, 3, 1)  # [F, H, W, 1]
         return (pixels + weight * details).round_().clamp_(0, 255).to(torch.uint8).numpy()
