@@ -11,6 +11,7 @@ from typing import Any, Iterator
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 
+from avatar_server.aiortc_adapter import use_live_audio_buffer
 from avatar_server.avatars import Avatar
 from avatar_server.clock import SYSTEM_CLOCK, Clock
 from avatar_server.engine import Engine
@@ -113,7 +114,7 @@ class SessionManager:
                 text=options.text, seed=0, steps=self.settings.model.steps, guidance=options.guidance)
             session = Session(self._services, pc, options, SessionAvatar(avatar.reference, avatar.idle, stream_options))
             self._wire(pc, session)
-            await self._negotiate(pc, session, offer_sdp)
+            await self._negotiate(pc, session, offer_sdp, self.settings.media.mic_reorder_packets)
             self.sessions[session.id] = session
             session.start()
         except (Problem, InputError):  # the client's offer or options
@@ -137,12 +138,17 @@ class SessionManager:
         pc.on("track", session.on_remote_track)
 
     @staticmethod
-    async def _negotiate(pc: RTCPeerConnection, session: Session, offer_sdp: str) -> None:
-        """Apply the offer, attach the avatar's tracks, create the answer; Problem 400 when aiortc cannot
-        negotiate the offer."""
+    async def _negotiate(pc: RTCPeerConnection, session: Session, offer_sdp: str, mic_reorder: int | None) -> None:
+        """Apply the offer, give the microphone's receiver its live jitter buffer (`mic_reorder`: None keeps
+        aiortc's), attach the avatar's tracks, create the answer; Problem 400 when aiortc cannot negotiate the
+        offer."""
         with _offer_errors():
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
         kinds = {t.kind for t in pc.getTransceivers()}
+        if mic_reorder is not None:
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "audio":
+                    use_live_audio_buffer(transceiver.receiver, mic_reorder)
         if "video" not in kinds:
             raise Problem(400, "unusable SDP offer: the offer has no video m-line to send the avatar on",
                           code="bad_sdp")

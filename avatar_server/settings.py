@@ -86,6 +86,10 @@ class MediaSettings(_Section):
         default=60.0, ge=0, description="a microphone's audio is fed as it arrives, never ahead, and at most this "
         "long behind the jitter allowance: after a gap its quiet parts are dropped until it is; None: fed like "
         "pushed audio (ahead by input_lead_ms, every gap adding to its delay)")
+    mic_reorder_packets: int | None = Field(
+        default=2, ge=0, lt=16, description="the microphone's RTP audio is decoded as soon as each packet is next in "
+        "sequence; a missing packet is waited for while at most this many later ones arrived; None: aiortc's own "
+        "buffer (each packet waits for 4 more, 80 ms)")
     live_input_quiet_rms: float = Field(default=0.003, ge=0, description="RMS below which a 20 ms part of "
                                                                         "microphone audio may be dropped to catch up")
     audio_history_s: float = Field(default=5.0, gt=0, description="pushed audio kept for the audio track")

@@ -15,10 +15,12 @@ from typing import AsyncIterator
 
 import numpy as np
 import pytest
+from aiortc.jitterbuffer import JitterBuffer
 from aiortc.mediastreams import MediaStreamError
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from avatar_server.aiortc_adapter import AIORTC_AUDIO_BUFFER, RECEIVER_JITTER_BUFFER, LiveAudioJitterBuffer
 from avatar_server.app import build_state
 from avatar_server.avatars import DEFAULT_AVATAR_ID
 from avatar_server.events import Event
@@ -230,6 +232,18 @@ async def test_during_continuous_speech_the_delay_comes_down_without_a_jump_in_v
     voice = [(t, loud(pcm, 0.1)) for t, _, pcm in audio]
     lag, agreement = best_lag(*envelopes(lips, voice, start=live.clock.now - 4.0))
     assert agreement > 0.9 and abs(lag) <= 1 / 25, (lag, agreement)
+
+
+@pytest.mark.parametrize("reorder", [3, None])
+async def test_the_microphones_receiver_gets_the_configured_live_audio_buffer(reorder: int | None) -> None:
+    async with virtual_session(media={"mic_reorder_packets": reorder}) as live:  # type: ignore[dict-item]
+        receivers = [t.receiver for t in live.session.pc.getTransceivers() if t.kind == "audio"]
+        buffers = [getattr(r, RECEIVER_JITTER_BUFFER) for r in receivers]
+    assert len(buffers) == 1
+    if reorder is None:                                           # aiortc's own: each packet waits for 4 more
+        assert type(buffers[0]) is JitterBuffer and (buffers[0].capacity, buffers[0]._prefetch) == AIORTC_AUDIO_BUFFER
+    else:
+        assert isinstance(buffers[0], LiveAudioJitterBuffer) and buffers[0].reorder == reorder
 
 
 def assert_quiet(sent: Sent, start: float, end: float) -> None:
