@@ -40,6 +40,7 @@ class PlayoutClock:
         self.origin = origin  # when audio time 0 was fed (the session sets it when the peer connects)
         self._needed: deque[tuple[float, float]] = deque()  # (arrival, delay the chunk needed), oldest first
         self._last_settle = origin
+        self._target: float | None = None  # the percentile of `_needed`, kept until it changes (settled every tick)
 
     def wall_time(self, audio_time: float) -> float:
         """Monotonic time at which `audio_time` plays."""
@@ -56,6 +57,7 @@ class PlayoutClock:
         if needed + self.margin > self.delay:
             self.delay = min(self.max_delay, needed + self.margin)
         self._needed.append((now, needed - held))
+        self._target = None
         self._forget(now)
 
     def target(self, now: float) -> float | None:
@@ -64,8 +66,9 @@ class PlayoutClock:
         self._forget(now)
         if not self._needed:
             return None
-        needed = float(np.percentile([value for _, value in self._needed], self.percentile))
-        return min(self.max_delay, max(self.min_delay, needed + self.margin))
+        if self._target is None:
+            self._target = float(np.percentile([value for _, value in self._needed], self.percentile))
+        return min(self.max_delay, max(self.min_delay, self._target + self.margin))
 
     def settle(self, now: float, speaking: bool) -> None:
         """Called often (every feed tick): move a delay above its target down towards it, by at most
@@ -83,6 +86,7 @@ class PlayoutClock:
         """Drop the samples older than the window."""
         while self._needed and self._needed[0][0] < now - self.window_s:
             self._needed.popleft()
+            self._target = None
 
 
 @dataclass

@@ -24,6 +24,7 @@ from aiortc import RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from av import AudioFrame
 
+from avatar_server.aiortc_adapter import LiveAudioJitterBuffer
 from avatar_server.audio import Resampler
 from avatar_server.clock import Clock, wait_event
 from avatar_server.engine import Engine
@@ -99,6 +100,7 @@ class Session:
         self.epoch = 0  # barge-ins so far: the one counter of epochs (avatar_server.slot)
         self.interrupted_at: float | None = None
         self.speaking = False
+        self.mic_buffer: LiveAudioJitterBuffer | None = None  # the microphone's RTP buffer (SessionManager sets it)
         self.spoke_at = float("-inf")  # when the input's speech last ended: the avatar speaks it a playout delay later
         self.connected = asyncio.Event()
         self.ended = asyncio.Event()
@@ -389,6 +391,8 @@ class Session:
             "input_wait_ms": {} if not waits else {"p50_ms": round(1000 * float(np.percentile(waits, 50)), 1),
                                                    "p95_ms": round(1000 * float(np.percentile(waits, 95)), 1)},
             "input_dropped_ms": round(1000 * self.feed.dropped / self.rate, 1),
+            "input_packets": {} if self.mic_buffer is None else {"skipped": self.mic_buffer.skipped,
+                                                                  "late": self.mic_buffer.late},
         }
 
     async def _stats(self) -> None:

@@ -148,7 +148,7 @@ class SessionManager:
         if mic_reorder is not None:
             for transceiver in pc.getTransceivers():
                 if transceiver.kind == "audio":
-                    use_live_audio_buffer(transceiver.receiver, mic_reorder)
+                    session.mic_buffer = use_live_audio_buffer(transceiver.receiver, mic_reorder)
         if "video" not in kinds:
             raise Problem(400, "unusable SDP offer: the offer has no video m-line to send the avatar on",
                           code="bad_sdp")

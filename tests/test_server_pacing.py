@@ -239,11 +239,14 @@ async def test_the_microphones_receiver_gets_the_configured_live_audio_buffer(re
     async with virtual_session(media={"mic_reorder_packets": reorder}) as live:  # type: ignore[dict-item]
         receivers = [t.receiver for t in live.session.pc.getTransceivers() if t.kind == "audio"]
         buffers = [getattr(r, RECEIVER_JITTER_BUFFER) for r in receivers]
+        packets = live.session.stats()["input_packets"]
     assert len(buffers) == 1
     if reorder is None:                                           # aiortc's own: each packet waits for 4 more
         assert type(buffers[0]) is JitterBuffer and (buffers[0].capacity, buffers[0]._prefetch) == AIORTC_AUDIO_BUFFER
+        assert packets == {}
     else:
         assert isinstance(buffers[0], LiveAudioJitterBuffer) and buffers[0].reorder == reorder
+        assert live.session.mic_buffer is buffers[0] and packets == {"skipped": 0, "late": 0}
 
 
 def assert_quiet(sent: Sent, start: float, end: float) -> None:

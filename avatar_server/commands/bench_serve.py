@@ -227,7 +227,7 @@ async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float
             "dropped_frames": stats["dropped_frames"] - first["stats"]["dropped_frames"],
             "steps": stats["steps"], "playout_delay_ms": stats["playout_delay_ms"],
             "stages": stats.get("stages"), "input_wait_ms": stats.get("input_wait_ms"),
-            "input_dropped_ms": stats.get("input_dropped_ms"),
+            "input_dropped_ms": stats.get("input_dropped_ms"), "input_packets": stats.get("input_packets"),
         })
     target = after[0]["stats"]["target_fps"]
     p50s = [r["latency_ms_p50"] for r in rows if r["latency_ms_p50"] is not None]
