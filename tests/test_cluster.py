@@ -231,3 +231,47 @@ async def test_two_workers_place_route_survive_a_killed_worker_and_drain() -> No
         assert (await http.post(f"/v1/workers/{owner_b.name}/resume")).json()["draining"] is False
         for peer in peers:
             await peer.close()
+
+
+async def test_a_status_asked_before_a_resume_does_not_undo_it() -> None:
+    """The health check asks a draining worker's status, the operator resumes it, then the stale answer
+    arrives: the worker stays resumed (the answer to `resume` once said `draining: true`)."""
+    from avatar_server.cluster.pool import Worker, WorkerPool
+    from avatar_server.cluster.worker import WorkerStatus
+    from avatar_server.settings import load_settings
+    from avatar_server.testing import TEST_CONFIG
+
+    asked, answer = asyncio.Event(), asyncio.get_running_loop().create_future()
+
+    def status(draining: bool) -> WorkerStatus:
+        return WorkerStatus(incarnation="i", pid=1, url="http://w0", model="tiny", ready=True, draining=draining,
+                            max_sessions=1, sessions=(), generated_fps=0.0, latency_ms_p50=None)
+
+    class Method:
+        def __init__(self, call: Any) -> None:
+            self.remote = call
+
+    class Actor:
+        def __init__(self) -> None:
+            self.draining = True
+            self.status, self.drain = Method(self.read_status), Method(self.set_draining)
+
+        async def read_status(self) -> WorkerStatus:
+            seen = self.draining
+            asked.set()
+            await answer  # the answer is on its way while the operator resumes the worker
+            return status(seen)
+
+        async def set_draining(self, draining: bool) -> WorkerStatus:
+            self.draining = draining
+            return status(draining)
+
+    pool = WorkerPool(load_settings(TEST_CONFIG, environ={}), load_cluster_settings(DEFAULT_CLUSTER_CONFIG, environ={}),
+                      lambda _settings: None)
+    worker = Worker(Load("w0", draining=True), Actor(), status=status(True), incarnation="i")
+    check = asyncio.create_task(pool._check(worker))
+    await asyncio.wait_for(asked.wait(), 5)
+    await pool.drain(worker, False)
+    answer.set_result(None)
+    await check
+    assert worker.load.draining is False

@@ -47,6 +47,7 @@ class Worker:
     incarnation: str | None = None               # the process the front last saw (WorkerStatus.incarnation)
     incarnations: int = 0                        # processes seen (1 + restarts)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    draining_set: float = 0.0                    # monotonic time the front last drained or resumed it
 
     @property
     def name(self) -> str:
@@ -181,7 +182,9 @@ class WorkerPool:
             status = await self._start(worker, status)
         worker.status = status
         load = worker.load
-        load.capacity, load.draining = status.max_sessions, status.draining
+        load.capacity = status.max_sessions
+        if asked > worker.draining_set:  # a status asked before a drain or resume must not undo it
+            load.draining = status.draining
         load.reconcile(status.sessions, asked)
         if status.ready and not load.up:
             load.up, load.up_since = True, time.monotonic()
@@ -254,7 +257,7 @@ class WorkerPool:
 
     async def drain(self, worker: Worker, draining: bool) -> WorkerStatus:
         """Stop (or resume) placing sessions on it; its live sessions go on."""
-        worker.load.draining = draining
+        worker.load.draining, worker.draining_set = draining, time.monotonic()
         status: WorkerStatus = await worker.actor.drain.remote(draining)
         return status
 
