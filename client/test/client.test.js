@@ -263,3 +263,27 @@ describe('close', () => {
     assert.equal(client.status, 'closed');
   });
 });
+
+describe('avatars', () => {
+  it('uploads an image as multipart, with its name and, when given, where its mouth is', async () => {
+    const { Signaling } = await import('../src/signaling.js');
+    const server = fakeServerWithAvatars();
+    const signaling = new Signaling({ server: SERVER, fetch: server.fetch });
+    const image = new Blob([new Uint8Array([137, 80, 78, 71])], { type: 'image/png' });
+    await signaling.uploadAvatar(image, 'me', { x: 0.48, y: 0.675, width: 0.19 });
+    await signaling.uploadAvatar(image, 'plain');
+    const [placed, plain] = server.find('POST', '/v1/avatars').map((call) => call.body);
+    assert.equal(placed.get('name'), 'me');
+    assert.equal(placed.get('mouth'), '0.48,0.675,0.19');
+    assert.ok(placed.get('image') instanceof Blob);
+    assert.equal(plain.get('mouth'), null, 'no mouth field unless one is given');
+  });
+});
+
+/** The fake server with POST /v1/avatars answering 201. */
+function fakeServerWithAvatars() {
+  const server = fakeEnvironment().server;
+  server.routes['POST /v1/avatars'] = () =>
+    new Response(JSON.stringify({ id: 'av_1', name: 'me' }), { status: 201, headers: { 'content-type': 'application/json' } });
+  return server;
+}
