@@ -8,6 +8,7 @@ that can be checked from the far end of a WebRTC connection:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 import time
@@ -283,3 +284,33 @@ async def fake_server(step_cost_s: float = 0.0, handle: Any = None, **overrides:
     app = create_app(settings, handle or fake_pipeline(step_cost_s))
     async with running_server(app) as url:
         yield url, app.state.server
+
+
+#################################################################################
+#                         Microphone over loopback WebRTC                       #
+#################################################################################
+
+
+async def microphone_pair(configure: Callable[[Any], None], timeout_s: float = 10.0) -> tuple[Any, Any, Any]:
+    """Two aiortc peers (no ICE servers: the host's own candidates) with a looped silent microphone (20 ms Opus
+    packets) from the first to the second; `configure` gets the receiving RTCRtpReceiver before its first packet.
+    Returns (sender, receiver, the received track); the caller closes both peers."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    from avatar_server.peer import MicTrack
+
+    sender, receiver = RTCPeerConnection(RTCConfiguration(iceServers=[])), RTCPeerConnection(RTCConfiguration([]))
+    got_track: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @receiver.on("track")
+    def _track(track: Any) -> None:
+        configure(next(t for t in receiver.getTransceivers() if t.receiver.track is track).receiver)
+        got_track.set_result(None)
+
+    sender.addTrack(MicTrack(np.zeros(16000, np.float32), loop=True))
+    await sender.setLocalDescription(await sender.createOffer())
+    await receiver.setRemoteDescription(sender.localDescription)
+    await receiver.setLocalDescription(await receiver.createAnswer())
+    await sender.setRemoteDescription(receiver.localDescription)
+    await asyncio.wait_for(got_track, timeout_s)
+    return sender, receiver, receiver.getTransceivers()[0].receiver.track

@@ -16,36 +16,26 @@ import sys
 import time
 
 import numpy as np
-from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection
+from aiortc import RTCRtpReceiver
 
 from avatar_server.aiortc_adapter import tap_rtp, use_live_audio_buffer
-from avatar_server.peer import MicTrack
+from avatar_server.testing import microphone_pair
 
 WARMUP_FRAMES = 25  # the first half second (connection start) left out
 
 
 async def measure(mode: str, seconds: float, reorder: int) -> dict[str, float | str | int]:
-    sender, receiver = RTCPeerConnection(RTCConfiguration(iceServers=[])), RTCPeerConnection(RTCConfiguration([]))
     arrivals: dict[int, float] = {}  # RTP timestamp -> when its packet arrived
-    got: asyncio.Future[MediaStreamTrack] = asyncio.get_running_loop().create_future()
 
-    @receiver.on("track")
-    def _track(track: MediaStreamTrack) -> None:
-        rtp_receiver = next(t for t in receiver.getTransceivers() if t.receiver.track is track).receiver
+    def arrived(timestamp: int) -> None:
+        arrivals.setdefault(timestamp, time.monotonic())
+
+    def configure(rtp_receiver: RTCRtpReceiver) -> None:
         if mode == "live":
             use_live_audio_buffer(rtp_receiver, reorder)
-        def arrived(timestamp: int) -> None:
-            arrivals.setdefault(timestamp, time.monotonic())
-
         tap_rtp(rtp_receiver, arrived)
-        got.set_result(track)
 
-    sender.addTrack(MicTrack(np.zeros(16000, np.float32), loop=True))
-    await sender.setLocalDescription(await sender.createOffer())
-    await receiver.setRemoteDescription(sender.localDescription)
-    await receiver.setLocalDescription(await receiver.createAnswer())
-    await sender.setRemoteDescription(receiver.localDescription)
-    track = await asyncio.wait_for(got, 10.0)
+    sender, receiver, track = await microphone_pair(configure)
     waits: list[float] = []
     first: int | None = None
     end = time.monotonic() + seconds

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-from typing import Callable
 
 import aioice.ice
 import aiortc
 import numpy as np
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCRtpReceiver
+from aiortc import RTCRtpReceiver
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcdtlstransport import RtpReceiver
 from aiortc.rtp import RtpPacket
@@ -32,7 +31,7 @@ from avatar_server.aiortc_adapter import (
     tap_rtp,
     use_live_audio_buffer,
 )
-from avatar_server.peer import MicTrack
+from avatar_server.testing import microphone_pair
 
 CONNECT_TIMEOUT_S = 10.0
 PACKETS = 5  # RTP packets the tap must see
@@ -70,50 +69,16 @@ def test_loopback_ice_still_patches_the_host_addresses() -> None:
 @pytest.mark.usefixtures("loopback_ice")
 async def test_the_tap_sees_every_rtp_packet_as_it_arrives() -> None:
     """Two aiortc peers on loopback: the tapped receiver reports each packet's RTP timestamp and still plays it."""
-    sender, receiver = RTCPeerConnection(RTCConfiguration(iceServers=[])), RTCPeerConnection(RTCConfiguration([]))
     tapped: list[int] = []
-    got_track: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    @receiver.on("track")
-    def _track(track: aiortc.MediaStreamTrack) -> None:
-        transceiver = next(t for t in receiver.getTransceivers() if t.receiver.track is track)
-        tap_rtp(transceiver.receiver, tapped.append)
-        got_track.set_result(None)
-
+    sender, receiver, track = await microphone_pair(lambda rtp_receiver: tap_rtp(rtp_receiver, tapped.append),
+                                                    CONNECT_TIMEOUT_S)
     try:
-        sender.addTrack(MicTrack(np.zeros(16000, np.float32)))
-        await sender.setLocalDescription(await sender.createOffer())
-        await receiver.setRemoteDescription(sender.localDescription)
-        await receiver.setLocalDescription(await receiver.createAnswer())
-        await sender.setRemoteDescription(receiver.localDescription)
-        await asyncio.wait_for(got_track, CONNECT_TIMEOUT_S)
-        track = receiver.getTransceivers()[0].receiver.track
         for _ in range(PACKETS):
             await asyncio.wait_for(track.recv(), CONNECT_TIMEOUT_S)  # packets still reach the track
     finally:
         await sender.close()
         await receiver.close()
     assert len(tapped) >= PACKETS and np.all(np.diff(tapped[:PACKETS]) > 0), tapped
-
-
-async def connected_pair(configure: Callable[[RTCRtpReceiver], None]) -> tuple[RTCPeerConnection, RTCPeerConnection,
-                                                                              aiortc.MediaStreamTrack]:
-    """A sender playing a microphone to a receiver whose audio RTCRtpReceiver `configure` sets up before any packet."""
-    sender, receiver = RTCPeerConnection(RTCConfiguration(iceServers=[])), RTCPeerConnection(RTCConfiguration([]))
-    got_track: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    @receiver.on("track")
-    def _track(track: aiortc.MediaStreamTrack) -> None:
-        configure(next(t for t in receiver.getTransceivers() if t.receiver.track is track).receiver)
-        got_track.set_result(None)
-
-    sender.addTrack(MicTrack(np.zeros(16000, np.float32), loop=True))
-    await sender.setLocalDescription(await sender.createOffer())
-    await receiver.setRemoteDescription(sender.localDescription)
-    await receiver.setLocalDescription(await receiver.createAnswer())
-    await sender.setRemoteDescription(receiver.localDescription)
-    await asyncio.wait_for(got_track, CONNECT_TIMEOUT_S)
-    return sender, receiver, receiver.getTransceivers()[0].receiver.track
 
 
 def test_the_receiver_still_keeps_what_the_live_audio_buffer_replaces_and_feeds() -> None:
@@ -205,7 +170,7 @@ async def test_live_audio_buffer_on_a_real_receiver_decodes_reordered_audio_in_o
 
         setattr(rtp_receiver, RTP_HANDLER, reordering)
 
-    sender, receiver, track = await connected_pair(configure)
+    sender, receiver, track = await microphone_pair(configure, CONNECT_TIMEOUT_S)
     try:
         frames = [await asyncio.wait_for(track.recv(), CONNECT_TIMEOUT_S) for _ in range(30)]
         assert getattr(receiver.getTransceivers()[0].receiver, RECEIVER_JITTER_BUFFER) is buffers[0]
