@@ -64,6 +64,11 @@ class ReferenceDetail:
                    fade=fade, blink_details=blink_details, blink_decoded=blink_decoded)
 
     @property
+    def still(self) -> np.ndarray:
+        """uint8 [H, W, 3]: the closed-mouth, open-eyed frame with its detail (the avatar's idle image)."""
+        return self.apply(self.decoded[:1].to(torch.uint8).numpy())[0]
+
+    @property
     def size(self) -> tuple[int, int]:
         return int(self.details.shape[1]), int(self.details.shape[2])
 

@@ -103,9 +103,10 @@ def mouth_cells(latents: torch.Tensor, threshold: float, grow: int = 1) -> torch
 def blend_openings(table: torch.Tensor, openings: torch.Tensor, openness: torch.Tensor) -> torch.Tensor:
     """A table [K, ...] of one entry per opening (increasing, 0 to 1) at openness [F] -> [F, ...], linear
     between neighbouring openings."""
+    openings = openings.to(table.device)
     o = openness.to(table.device, openings.dtype).clamp(0.0, 1.0)
-    upper = torch.searchsorted(openings.to(o.device), o).clamp(1, len(openings) - 1)  # [F]
-    lo, hi = openings.to(o.device)[upper - 1], openings.to(o.device)[upper]
+    upper = torch.searchsorted(openings, o).clamp(1, len(openings) - 1)  # [F]
+    lo, hi = openings[upper - 1], openings[upper]
     w = ((o - lo) / (hi - lo)).to(table.dtype).reshape(-1, *[1] * (table.ndim - 1))  # [F, 1, ...]
     return table[upper - 1] * (1 - w) + table[upper] * w
 

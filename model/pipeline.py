@@ -393,7 +393,6 @@ class AvatarPipeline:
             bank = build_mouth_bank(pixels, box, self.vae.encode, guide.openings,
                                     guide.cell_threshold).to(self.device, self.dit.dtype)
             latents = bank.latents[:1]  # opening 0 is the reference itself
-            still = self.vae.decode_uint8(latents).numpy()[0]
             eyes = locate_eyes(pixels, box) if guide.blinks else None
             if eyes is not None:
                 blink = build_blink_bank(pixels, eyes, latents[0], self.vae.encode,
@@ -403,7 +402,9 @@ class AvatarPipeline:
             head = HeadRig(box, height, width) if guide.head_motion else None
             if guide.detail_fade > 0:
                 detail = ReferenceDetail.build(pixels, bank, self.vae.decode_uint8, guide.detail_fade, blink)
-                still = detail.apply(still[None])[0]
+                still = detail.still
+            else:
+                still = self.vae.decode_uint8(latents).numpy()[0]
         else:
             latents = self.vae.encode(torch.from_numpy(pixels).permute(2, 0, 1)[None])  # [1, C, h, w]
         latents = latents.expand(self.config.reference_frames, *latents.shape[1:]).contiguous()  # [R, C, h, w]
