@@ -80,7 +80,7 @@ async def test_admission_is_exact_under_concurrent_requests() -> None:
 
 def test_reconcile_keeps_sessions_recorded_after_the_status_was_asked() -> None:
     load = Load("w0", capacity=4, up=True, sessions={"s_old": 1.0, "s_gone": 1.0, "s_new": 5.0})
-    load.reconcile(["s_old", "s_other"], asked_at=3.0)
+    load.reconcile(["s_old", "s_other"], draining=False, asked_at=3.0)
     assert set(load.sessions) == {"s_old", "s_new", "s_other"}
 
 

@@ -26,6 +26,7 @@ class Load:
     up: bool = False
     draining: bool = False
     up_since: float = 0.0  # monotonic time it last came up
+    draining_set: float = 0.0  # monotonic time the front last drained or resumed it
 
     @property
     def free(self) -> int:
@@ -34,9 +35,16 @@ class Load:
             return 0
         return max(0, self.capacity - len(self.sessions) - self.reserved)
 
-    def reconcile(self, live: Iterable[str], asked_at: float) -> None:
-        """The worker's own list of live sessions, read from a status asked at `asked_at`: sessions it ended
-        by itself leave; those recorded after the ask are kept (the status could not know them yet)."""
+    def drain(self, draining: bool, at: float) -> None:
+        """The front drains (or resumes) it at monotonic time `at`."""
+        self.draining, self.draining_set = draining, at
+
+    def reconcile(self, live: Iterable[str], draining: bool, asked_at: float) -> None:
+        """The worker's own list of live sessions and draining flag, read from a status asked at `asked_at`:
+        sessions it ended by itself leave; those recorded after the ask are kept, and a drain or resume made
+        after it stands (the status could not know them yet)."""
+        if asked_at > self.draining_set:
+            self.draining = draining
         live = set(live)
         for session_id, recorded in list(self.sessions.items()):
             if session_id not in live and recorded < asked_at:

@@ -47,7 +47,6 @@ class Worker:
     incarnation: str | None = None               # the process the front last saw (WorkerStatus.incarnation)
     incarnations: int = 0                        # processes seen (1 + restarts)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    draining_set: float = 0.0                    # monotonic time the front last drained or resumed it
 
     @property
     def name(self) -> str:
@@ -183,9 +182,7 @@ class WorkerPool:
         worker.status = status
         load = worker.load
         load.capacity = status.max_sessions
-        if asked > worker.draining_set:  # a status asked before a drain or resume must not undo it
-            load.draining = status.draining
-        load.reconcile(status.sessions, asked)
+        load.reconcile(status.sessions, status.draining, asked)
         if status.ready and not load.up:
             load.up, load.up_since = True, time.monotonic()
             logger.info("worker %s up at %s (pid %d, %d slots)", worker.name, status.url, status.pid,
@@ -257,7 +254,7 @@ class WorkerPool:
 
     async def drain(self, worker: Worker, draining: bool) -> WorkerStatus:
         """Stop (or resume) placing sessions on it; its live sessions go on."""
-        worker.load.draining, worker.draining_set = draining, time.monotonic()
+        worker.load.drain(draining, time.monotonic())
         status: WorkerStatus = await worker.actor.drain.remote(draining)
         return status
 
