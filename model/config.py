@@ -148,6 +148,10 @@ class GuideSection(_Section):
     detail_fade: float = Field(default=0.0, ge=0, description="lay the picture's fine detail, which the VAE loses, "
                                "back onto decoded frames where they still show the picture (model/detail.py): the "
                                "blurred change (0-255 levels) at which it fades out; 0 lays none")
+    hold_backdrop: bool = Field(default=False, description="hold the backdrop still behind the head the warp moves: "
+                                "the checkpoint's person matte (model/conditioning/person_matte.py) tells it apart")
+    matte_margin: int = Field(default=2, ge=0, description="pixels the person's matte grows by (its antialiased edge "
+                              "moves with the person)")
 
 
 class VideoSection(_Section):

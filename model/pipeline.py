@@ -21,6 +21,7 @@ from model.conditioning.heatmaps import NUM_HEATMAP_CHANNELS, render_heatmaps
 from model.conditioning.motion import MouthMotion
 from model.conditioning.mouth import MouthBox
 from model.conditioning.mouth_locator import MouthLocator
+from model.conditioning.person_matte import PersonMatte
 from model.conditioning.text import TextEncoder
 from model.conditioning.vad import voiced_frames
 from model.config import ModelConfig, load_model_config
@@ -46,6 +47,9 @@ RANDOM_INIT_STD = 0.02  # fills zero-initialised weights of a random-init model 
 # Where a checkpoint without a mouth locator draws the mouth of a guide model's avatar: the lip line of a
 # centred face close-up (the studio's framing), in [0, 1] coordinates of the cropped reference.
 FALLBACK_MOUTH = MouthBox(x=0.5, y=0.72, width=0.16)
+# A person matte covering less or more of the picture than this is taken as a misreading (the backdrop then
+# moves with the head, as without a matte): the studio's people cover 0.2-0.8 of their face and portrait crops.
+MATTE_SHARE = (0.05, 0.95)
 
 
 #################################################################################
@@ -103,6 +107,7 @@ class ReferenceFeatures:
     blink: BlinkBank | None = None  # guide models with blinks, when the avatar's eyes were found: its eyes shut
     head: HeadRig | None = None  # guide models with head motion: the control points that sway its head
     detail: ReferenceDetail | None = None  # guide models with detail_fade: the picture's detail the VAE loses
+    person: np.ndarray | None = None  # float32 [H, W] in [0, 1], hold_backdrop: the person, grown by matte_margin
 
     @property
     def height(self) -> int:
@@ -265,7 +270,8 @@ class AvatarPipeline:
 
     def __init__(self, model_config: ModelConfig, dit: OmniHumanDiT, vae: FrameVAE,
                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                 motion: MouthMotion | None = None, locator: MouthLocator | None = None):
+                 motion: MouthMotion | None = None, locator: MouthLocator | None = None,
+                 matte: PersonMatte | None = None):
         self.model_config = model_config
         self.config = PipelineConfig.from_model(model_config)
         self.device = torch.device(device)
@@ -274,6 +280,7 @@ class AvatarPipeline:
         self.vae = vae.to(self.device, dtype).eval()
         self.motion = None if motion is None else motion.to(self.device).eval()  # type: ignore[arg-type]
         self.locator = None if locator is None else locator.eval()  # runs on the CPU, once per avatar
+        self.matte = None if matte is None else matte.eval()  # runs on the CPU, once per avatar
         self.sampler = StreamingSampler(self.dit, model_config)
         self.text_encoder = TextEncoder(self.device)
         self._local_audio = LocalAudioEncoder(model_config) if model_config.audio.encoder == "local" else None
@@ -338,8 +345,9 @@ class AvatarPipeline:
         vae = FrameVAE.from_pretrained(path / "vae")
         motion = MouthMotion.from_pretrained(str(path / "motion")) if (path / "motion" / "config.json").is_file() else None
         locator = MouthLocator.from_pretrained(str(path / "locator")) if (path / "locator" / "config.json").is_file() else None
+        matte = PersonMatte.from_pretrained(str(path / "matte")) if (path / "matte" / "config.json").is_file() else None
         logger.info("loaded %s pipeline from %s", model_config.name, path)
-        return cls(model_config, dit, vae, device=device, dtype=dtype, motion=motion, locator=locator)
+        return cls(model_config, dit, vae, device=device, dtype=dtype, motion=motion, locator=locator, matte=matte)
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write DIR/pipeline.json (model config), dit/ and vae/ (safetensors), audio/ for a local encoder."""
@@ -353,7 +361,7 @@ class AvatarPipeline:
             model_config = model_config.model_copy(update={"audio": audio})
         self.dit.save_pretrained(str(path / "dit"), safe_serialization=True)
         self.vae.save_pretrained(path / "vae")
-        for name, part in (("motion", self.motion), ("locator", self.locator)):
+        for name, part in self._parts():
             if part is not None:
                 part.save_pretrained(str(path / name), safe_serialization=True)
         meta = {"format": PIPELINE_FORMAT, "version": PIPELINE_VERSION, "model": model_config.model_dump(mode="json")}
@@ -365,10 +373,14 @@ class AvatarPipeline:
         """Parameter counts of the DiT and the VAE."""
         counts = {"dit": sum(p.numel() for p in self.dit.parameters()),
                   "vae": sum(p.numel() for p in self.vae.parameters())}
-        for name, part in (("motion", self.motion), ("locator", self.locator)):
+        for name, part in self._parts():
             if part is not None:
                 counts[name] = sum(p.numel() for p in part.parameters())
         return counts
+
+    def _parts(self) -> list[tuple[str, torch.nn.Module | None]]:
+        """The small networks a checkpoint may ship beside the DiT and the VAE, by folder name."""
+        return [("motion", self.motion), ("locator", self.locator), ("matte", self.matte)]
 
     # ---------------------------------------------------------------- references and streams
 
@@ -386,7 +398,7 @@ class AvatarPipeline:
         pixels = cover_crop(picture, height, width)  # uint8 [H, W, 3]
         if mouth is not None:
             mouth = _cropped_mouth(mouth, picture.size, height, width)
-        bank = still = blink = head = detail = None
+        bank = still = blink = head = detail = person = None
         if self.guided:
             guide = self.model_config.guide
             box = mouth or self.locate_mouth(pixels)
@@ -400,6 +412,8 @@ class AvatarPipeline:
             elif guide.blinks:
                 logger.info("no eyes found above the mouth at %s: this avatar does not blink", box.as_list())
             head = HeadRig(box, height, width) if guide.head_motion else None
+            if guide.hold_backdrop:
+                person = self.person_matte(pixels, box)
             if guide.detail_fade > 0:
                 detail = ReferenceDetail.build(pixels, bank, self.vae.decode_uint8, guide.detail_fade, blink)
                 still = detail.still
@@ -409,7 +423,29 @@ class AvatarPipeline:
             latents = self.vae.encode(torch.from_numpy(pixels).permute(2, 0, 1)[None])  # [1, C, h, w]
         latents = latents.expand(self.config.reference_frames, *latents.shape[1:]).contiguous()  # [R, C, h, w]
         return ReferenceFeatures(latents=latents, image=pixels, mouth_bank=bank, still=still, blink=blink, head=head,
-                                 detail=detail)
+                                 detail=detail, person=person)
+
+    def person_matte(self, image: np.ndarray, mouth: MouthBox) -> np.ndarray | None:
+        """Where the person is on a cropped reference uint8 [H, W, 3]: float32 [H, W] in [0, 1], grown by
+        guide.matte_margin px; None (the head warp moves the backdrop with it) without a matte or when the matte
+        misses the mouth or covers next to nothing or nearly everything."""
+        if self.matte is None:
+            logger.warning("the %s checkpoint has no person matte: the backdrop moves with the head",
+                           self.model_config.name)
+            return None
+        coverage = self.matte.coverage(image)  # [H, W]
+        height, width = coverage.shape
+        at_mouth = coverage[min(int(mouth.y * height), height - 1), min(int(mouth.x * width), width - 1)]
+        share = float(coverage.mean())
+        if at_mouth < 0.5 or not MATTE_SHARE[0] <= share <= MATTE_SHARE[1]:
+            logger.info("person matte not used (%.2f at the mouth, %.2f of the picture): the backdrop moves with "
+                        "the head", at_mouth, share)
+            return None
+        margin = self.model_config.guide.matte_margin
+        grown = torch.from_numpy(coverage)[None, None]  # [1, 1, H, W]
+        if margin > 0:
+            grown = torch.nn.functional.max_pool2d(grown, 2 * margin + 1, stride=1, padding=margin)
+        return grown[0, 0].numpy()
 
     def locate_mouth(self, image: np.ndarray) -> MouthBox:
         """The closed mouth on a cropped reference uint8 [H, W, 3]: the checkpoint's locator (InputError when
@@ -499,7 +535,7 @@ class AvatarPipeline:
             if detail is not None:
                 decoded[i] = detail.apply(decoded[i], chunk.mouth_open, chunk.eyes_shut)
             if chunk.head is not None:
-                decoded[i] = warp_frames(decoded[i], chunk.head)
+                decoded[i] = warp_frames(decoded[i], chunk.head, chunk.stream.reference.person)
         return [Chunk(stream=c.stream, frames=decoded[i],
                       audio_time_s=np.array([c.stream.audio_time(c.first_frame + k) for k in range(len(decoded[i]))]),
                       first_frame=c.first_frame, mouth_open=c.mouth_open) for i, c in enumerate(chunks)]

@@ -83,11 +83,18 @@ def tps_grid(target: np.ndarray, source: np.ndarray, height: int, width: int) ->
     return fine_grids(coarse, height, width)[0]  # [H, W, 2]
 
 
-def warp_frames(frames: np.ndarray, grids: torch.Tensor) -> np.ndarray:
-    """uint8 frames [F, H, W, 3] resampled through grids [F or 1, H, W, 2]; uint8 [F, H, W, 3]."""
+def warp_frames(frames: np.ndarray, grids: torch.Tensor, person: np.ndarray | None = None) -> np.ndarray:
+    """uint8 frames [F, H, W, 3] resampled through grids [F or 1, H, W, 2]; uint8 [F, H, W, 3]. With the person's
+    matte [H, W] (1 = person), the backdrop is held still: wherever neither the frame nor its warp shows the
+    person, the frame's own pixel stays (where the person moved off, the warp's stretched backdrop fills in)."""
     pixels = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float()  # [F, 3, H, W]
     grids = grids.expand(len(frames), *grids.shape[1:])
     out = F.grid_sample(pixels, grids, mode="bilinear", padding_mode="border", align_corners=False)
+    if person is not None:
+        matte = torch.from_numpy(person)[None, None].expand(len(frames), 1, *person.shape)  # [F, 1, H, W]
+        moved = F.grid_sample(matte, grids, mode="bilinear", padding_mode="border", align_corners=False)
+        backdrop = (1 - moved) * (1 - matte)  # [F, 1, H, W] backdrop before and after the warp
+        out = out + backdrop * (pixels - out)
     return out.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 

@@ -1,5 +1,5 @@
 """`omnilive train --config configs/train/NAME.yaml`: train the frame VAE, the DiT (omni-conditions), the audio->motion
-model, the mouth locator or the mouth reader (an evaluation instrument)."""
+model, the mouth locator, the person matte or the mouth reader (an evaluation instrument)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from model.errors import InputError
 from model.train.config import (
     DitTrainConfig,
     LocatorTrainConfig,
+    MatteTrainConfig,
     MotionTrainConfig,
     ReaderTrainConfig,
     load_train_config,
@@ -26,8 +27,8 @@ logger = logging.getLogger(__name__)
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` parser."""
     parser = subparsers.add_parser(
-        "train", help="train the frame VAE, the DiT, the audio->motion model, the mouth locator or the mouth reader",
-        description="Train from configs/train/*.yaml (kind: vae, dit, motion, locator or reader). Resumes from the newest checkpoint "
+        "train", help="train the frame VAE, the DiT, the audio->motion model, the mouth locator, the person matte or the mouth reader",
+        description="Train from configs/train/*.yaml (kind: vae, dit, motion, locator, matte or reader). Resumes from the newest checkpoint "
                     "in the run's output_dir unless --no-resume. Multi-process: --nproc N here, or torchrun.",
     )
     parser.add_argument("--config", required=True, help="training config YAML (e.g. configs/train/tiny.yaml)")
@@ -63,6 +64,9 @@ def train_entry(
         elif isinstance(config, ReaderTrainConfig):
             from model.train.reader_trainer import train_reader
             result = train_reader(config)
+        elif isinstance(config, MatteTrainConfig):
+            from model.train.matte_trainer import train_matte
+            result = train_matte(config)
         elif isinstance(config, LocatorTrainConfig):
             from model.train.locator_trainer import train_locator
             result = train_locator(config, ctx, resume=resume, until=until)

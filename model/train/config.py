@@ -218,7 +218,7 @@ class LocatorLossConfig(_Strict):
 
 
 class _FrameNetTrainConfig(_Strict):
-    """What the small CNNs trained on studio frames share (the locator, the mouth reader): the run, the
+    """What the small CNNs trained on studio frames share (the locator, the mouth reader, the matte): the run, the
     optimiser, their config overrides and where the trained folder goes."""
 
     run: RunConfig
@@ -287,7 +287,39 @@ class ReaderTrainConfig(_FrameNetTrainConfig):
     vae: str | None = Field(None, description="a VAE folder: decoded frames join the training (vae_fraction)")
 
 
-TrainConfig = VaeTrainConfig | DitTrainConfig | MotionTrainConfig | LocatorTrainConfig | ReaderTrainConfig
+class MatteDataConfig(_Strict):
+    """Studio stills drawn with their person matte at training start (model/data/studio/matte.py); held-out
+    identities come from their own seed."""
+
+    seed: int = Field(41, ge=0, description="the identities' seed: another than the evaluation set's (faces-v2: 21)")
+    identities: int = Field(400, ge=1)
+    heldout_seed: int = Field(43, ge=0)
+    heldout_identities: int = Field(40, ge=1)
+    stills_per_identity: int = Field(6, ge=1)
+    size: int = Field(128, ge=64, description="square stills of this side (the model's image_size)")
+    framing_weights: dict[str, float] = Field(default_factory=lambda: {"face": 0.6, "portrait": 0.3, "half_body": 0.1})
+
+
+class MatteAugmentConfig(_Strict):
+    """Zoomed crops (the matte follows), flips and colour changes."""
+
+    zoom_max: float = Field(1.5, ge=1.0, description="crop side = image side / zoom, zoom ~ U(1, zoom_max)")
+    flip_prob: float = Field(0.5, ge=0.0, le=1.0)
+    contrast: float = Field(0.3, ge=0.0, description="contrast factor ~ 1 + U(-c, c)")
+    colour: float = Field(0.2, ge=0.0, description="per-channel offset ~ U(-c, c) in [-1, 1] units")
+    channel_shuffle_prob: float = Field(0.3, ge=0.0, le=1.0, description="permute RGB (other skin/backdrop colours)")
+
+
+class MatteTrainConfig(_FrameNetTrainConfig):
+    """`kind: matte`: the PersonMatte (model/conditioning/person_matte.py) on studio stills and their coverage."""
+
+    kind: Literal["matte"]
+    data: MatteDataConfig = MatteDataConfig()
+    augment: MatteAugmentConfig = MatteAugmentConfig()
+
+
+TrainConfig = (VaeTrainConfig | DitTrainConfig | MotionTrainConfig | LocatorTrainConfig | ReaderTrainConfig
+               | MatteTrainConfig)
 
 
 #################################################################################
@@ -299,8 +331,8 @@ def load_train_config(path: str | Path, overrides: Mapping[str, Any] | None = No
     raw = read_yaml_config(path, "training config", overrides)
     kind = raw.get("kind")
     schema = {"vae": VaeTrainConfig, "dit": DitTrainConfig, "motion": MotionTrainConfig,
-              "locator": LocatorTrainConfig, "reader": ReaderTrainConfig}.get(kind)
+              "locator": LocatorTrainConfig, "reader": ReaderTrainConfig, "matte": MatteTrainConfig}.get(kind)
     if schema is None:
-        raise InputError(f"training config {path}: 'kind' must be 'vae', 'dit', 'motion', 'locator' or 'reader', "
+        raise InputError(f"training config {path}: 'kind' must be 'vae', 'dit', 'motion', 'locator', 'reader' or 'matte', "
                          f"got {kind!r}")
     return validate_config(schema, raw, path, "training config")

@@ -361,7 +361,17 @@ class Painter:
 
     def draw(self, pose: Pose) -> np.ndarray:
         """uint8 [H, W, 3] output frame of one pose."""
-        image = self.backdrop.copy()
+        return self._draw_over(self.backdrop.copy(), pose)
+
+    def coverage(self, pose: Pose) -> np.ndarray:
+        """float32 [H, W] in [0, 1]: how much of each output pixel the person covers (0 = backdrop): the
+        person drawn over black and over white differs by exactly the backdrop's share."""
+        over_black = self._draw_over(Image.new("RGB", self.size, (0, 0, 0)), pose).astype(np.float32)
+        over_white = self._draw_over(Image.new("RGB", self.size, (255, 255, 255)), pose).astype(np.float32)
+        return np.clip(1.0 - (over_white - over_black).mean(-1) / 255.0, 0.0, 1.0)
+
+    def _draw_over(self, image: Image.Image, pose: Pose) -> np.ndarray:
+        """The person drawn over `image` (at drawing resolution), box-downsampled: uint8 [H, W, 3]."""
         d = ImageDraw.Draw(image)
         self._hair_back(d, pose)
         self._legs(d, pose)
