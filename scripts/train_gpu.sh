@@ -43,7 +43,7 @@ common=(--device "$DEVICE" --set "run.threads=$THREADS")
 
 "$OMNILIVE" train --config configs/train/tiny-guide.yaml "${common[@]}" \
   --set vae=weights/tiny/vae --set init_from=weights/tiny --set "motion=$RUNS/motion/final" \
-  --set "locator=$RUNS/locator/final" --set "export_vae=$RUNS/vae/final" \
+  --set "locator=$RUNS/locator/final" --set matte=weights/tiny/matte --set "export_vae=$RUNS/vae/final" \
   --set "data.root=$DATA" --set "data.cache_dir=$RUNS/cache/features" --set data.holdout_clips=2 \
   --set "run.output_dir=$RUNS/dit" --set "run.steps=$DIT_STEPS" --set "run.batch_size=$BATCH" \
   --set "stages=[{name: guide, steps: $DIT_STEPS, ratios: {reference: 1.0, text: 0.9, audio: 0.8, pose: 0.2}}]" \

@@ -95,14 +95,15 @@ def tiny() -> AvatarPipeline:
 def test_committed_matte_finds_unseen_studio_people(tiny: AvatarPipeline) -> None:
     """On studio people of a seed no training used, the matte agrees with their exact coverage."""
     assert tiny.matte is not None
-    stills = matte_set(seed=77, identities=6, stills_per_identity=1, config=StudioConfig(short_side=128))
+    stills = matte_set(seed=77, identities=8, stills_per_identity=1,
+                       config=StudioConfig(short_side=128, framing_weights={"face": 0.6, "portrait": 0.4}))
     iou, error = heldout_figures(tiny.matte, stills)
-    assert iou > 0.9 and error < 0.06
+    assert iou > 0.95 and error < 0.04
 
 
 def test_the_default_avatar_holds_its_backdrop(tiny: AvatarPipeline) -> None:
     """The default avatar's matte covers its face and not the picture's top corners; a matte that misses the
-    mouth is not used."""
+    mouth, or one of a picture without a person, is not used."""
     reference = tiny.encode_reference(load_image(DEFAULT_REFERENCE))
     assert reference.person is not None
     box = reference.mouth_bank.box
@@ -110,3 +111,5 @@ def test_the_default_avatar_holds_its_backdrop(tiny: AvatarPipeline) -> None:
     assert reference.person[int(box.y * height), int(box.x * width)] > 0.9
     assert reference.person[:4, :4].max() < 0.1 and reference.person[:4, -4:].max() < 0.1
     assert tiny.person_matte(reference.image, MouthBox(x=0.03, y=0.03, width=0.1)) is None
+    noise = np.random.default_rng(0).integers(0, 256, (128, 128, 3), dtype=np.uint8)
+    assert tiny.person_matte(noise, box) is None  # no person to find: the backdrop moves with the head

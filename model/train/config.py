@@ -157,6 +157,8 @@ class DitTrainConfig(_Strict):
     motion: str | None = Field(None, description="guide models: the trained audio->motion folder (kind: motion) that "
                                "builds the training guides and ships with the pipeline")
     locator: str | None = Field(None, description="guide models: the trained mouth-locator folder the pipeline ships")
+    matte: str | None = Field(None, description="guide models: the trained person-matte folder the pipeline ships "
+                              "(kind: matte; used with guide.hold_backdrop)")
     eval_clips: int = 2
 
     @model_validator(mode="after")

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from model.conditioning.motion import MouthMotion
 from model.conditioning.mouth_locator import MouthLocator
+from model.conditioning.person_matte import PersonMatte
 from model.config import ModelConfig, SamplerSection, load_model_config
 from model.dit import OmniHumanDiT
 from model.errors import InputError
@@ -56,7 +57,8 @@ def export_pipeline(dit: OmniHumanDiT, model_config: ModelConfig, export_dir: Pa
     vae_dir = shipped_vae(config)
     pipe = AvatarPipeline(model_config, dit.eval(), FrameVAE.from_pretrained(vae_dir),
                           motion=_part(MouthMotion, config.motion, "motion"),
-                          locator=_part(MouthLocator, config.locator, "locator"))
+                          locator=_part(MouthLocator, config.locator, "locator"),
+                          matte=_part(PersonMatte, config.matte, "matte"))
     pipe.save_pretrained(export_dir)
     vae_metrics = vae_dir / "metrics.json"
     motion_metrics = Path(config.motion).parent / "metrics.json" if config.motion else None
