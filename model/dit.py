@@ -192,6 +192,12 @@ class FinalLayer(nn.Module):
         shift, scale = self.adaLN_modulation(c).unsqueeze(2).chunk(2, dim=-1)
         return self.linear(modulate(self.norm_final(x), shift, scale))
 
+    @property
+    def outputs_zero(self) -> bool:
+        """Whether the output is zero whatever the input: the linear's weight and bias are all zero (the DiT's
+        starting point)."""
+        return not (bool(self.linear.weight.any()) or bool(self.linear.bias.any()))
+
 
 class OmniHumanDiT(ModelMixin, ConfigMixin):
     """Multi-condition video DiT over [reference R | context M | chunk F] frame latents.

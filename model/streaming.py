@@ -55,6 +55,7 @@ class StreamState:
     frame_index: int = 0
     reference_kv: list[KV] | None = field(default=None, repr=False)
     context_kv: list[KV] | None = field(default=None, repr=False)
+    context_kv_stale: bool = False  # the context rolled on without its K/V (chunks of a DiT that returns its guide)
     mouth_cells: torch.Tensor | None = None  # [h, w] bool
 
     @property
@@ -88,6 +89,12 @@ class StreamingSampler:
     @property
     def _guided_model(self) -> bool:
         return self.dit.config["prediction"] == "guide_residual"
+
+    @property
+    def returns_guide(self) -> bool:
+        """A guide model whose DiT outputs zero (its starting point, tiny v3): it predicts x0 - guide = 0, so
+        every Euler step lands on the guide and a chunk is its guide exactly; the DiT need not run."""
+        return self._guided_model and self.dit.final_layer.outputs_zero
 
     @torch.inference_mode()
     def init_state(self, reference_latents: torch.Tensor, seed: int, with_cache: bool = True,
@@ -132,9 +139,9 @@ class StreamingSampler:
                                                              reference=reference_latents[:1])]
 
     def _advance(self, state: StreamState, frames: torch.Tensor, with_cache: bool,
-                 context: torch.Tensor | None = None) -> None:
+                 context: torch.Tensor | None = None, encode: bool = True) -> None:
         """Roll the context window by a finished chunk [F, C, h, w] (or by `context` [F, C, h, w], what the
-        context shows of it); K/V only for entering frames."""
+        context shows of it); K/V only for entering frames, none without `encode` (marked stale instead)."""
         m = self.config.context_frames
         state.frame_index += frames.shape[0]
         state.last_frame = frames[-1]
@@ -147,6 +154,8 @@ class StreamingSampler:
         state.context_latents = torch.cat([state.context_latents[n:], entering], dim=0)
         if not with_cache:
             state.context_kv = None  # stale now: this state continues on the naive path only
+        elif not encode or state.context_kv_stale:
+            state.context_kv_stale = True
         else:
             new_kv = self._context_kv(entering, state.reference_latents)
             state.context_kv = [(torch.cat([k[n:], nk], dim=0), torch.cat([v[n:], nv], dim=0))
@@ -239,9 +248,14 @@ class StreamingSampler:
         x = torch.stack([torch.randn(shape, generator=s.generator, device=self._device, dtype=self._dtype)
                          for s in states])  # [S, F, C, h, w]
         guides = self._guides(states, conditions) if self._guided_model else None  # [S, F, C, h, w]
+        if guides is not None and self.returns_guide:
+            return self._finish(states, guides.clone(), guides, cached, encode=False)
         if guides is not None:
             x = x + guides  # noise centred on the guide
         if cached:
+            for s in states:
+                if s.context_kv_stale:  # the DiT returned its guide before: its context K/V were not kept up
+                    s.context_kv, s.context_kv_stale = self._context_kv(s.context_latents, s.reference_latents), False
             # conditions embedded once per chunk, one row per session (only absent conditions dropped)
             embedded = self.dit.embed_conditions(len(states), f, **self._row_inputs(
                 [(i, Branch.FULL) for i in range(len(states))], conditions, f))
@@ -279,9 +293,15 @@ class StreamingSampler:
                                   guide=None if guides is None else guides[index])[:, r + m:]
             out = self._guided(v_rows, rows, weights)
             x = euler_step(x, out, t, t_next) if guides is None else x0_step(x, guides + out, t, t_next)
-        contexts = guides if cfg.context_source == "guide" else None
+        return self._finish(states, x, guides, cached)
+
+    def _finish(self, states: list[StreamState], x: torch.Tensor, guides: torch.Tensor | None, cached: bool,
+                encode: bool = True) -> torch.Tensor:
+        """Advance each session by its chunk of x [S, F, C, h, w] (its context shows the guide with
+        context_source "guide"); returns x."""
+        contexts = guides if self.config.context_source == "guide" else None
         for i, (s, frames) in enumerate(zip(states, x)):
-            self._advance(s, frames, with_cache=cached, context=None if contexts is None else contexts[i])
+            self._advance(s, frames, with_cache=cached, context=None if contexts is None else contexts[i], encode=encode)
         return x
 
     @torch.inference_mode()

@@ -152,3 +152,45 @@ def test_warm_start_from_the_previous_frame(sampler: StreamingSampler) -> None:
     first = warm.generate([warm.init_state(reference(), 9)], conditions(1))[0, 0]
     cold = sampler.generate([sampler.init_state(reference(), 9)], conditions(1))[0, 0]
     assert (first - reference()[0]).abs().mean() < 0.5 * (cold - reference()[0]).abs().mean()
+
+
+def _starting_guide_sampler() -> StreamingSampler:
+    """A guide model (guide channels, x0 - guide prediction) whose output layer is still zero, the rest random."""
+    config = CONFIG.model_copy(update={"dit": CONFIG.dit.model_copy(update={"concat_guide": True,
+                                                                           "prediction": "guide_residual"})})
+    torch.manual_seed(0)
+    dit = OmniHumanDiT(**config.dit_kwargs()).eval()
+    with torch.no_grad():
+        for p in dit.parameters():
+            if p.any():
+                p.add_(torch.randn_like(p) * 0.1)
+    return StreamingSampler(dit, config)
+
+
+def _guided_conditions(n: int) -> list[ChunkConditions]:
+    g = torch.Generator().manual_seed(9)
+    return [ChunkConditions(audio=c.audio, pose=c.pose, text=c.text, guide=torch.randn(S.chunk_frames, *LAT, generator=g))
+            for c in conditions(n)]
+
+
+def test_a_dit_at_its_starting_point_returns_the_guide_without_running(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The DiT's output layer is zero: each chunk is exactly its guide and no chunk runs the DiT; once the layer
+    is trained (not zero) the stream runs it again, its context K/V caught up, and equals the naive path."""
+    sampler = _starting_guide_sampler()
+    assert sampler.returns_guide
+    cached, naive = sampler.init_state(reference(), seed=11), sampler.init_state(reference(), seed=11)
+    calls = []
+    monkeypatch.setattr(sampler.dit, "forward_chunk", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(sampler.dit, "encode_kv", lambda *a, **k: calls.append(1))
+    for cond in _guided_conditions(3):
+        assert torch.equal(sampler.generate([cached], [cond])[0], cond.guide)
+        assert torch.equal(sampler.naive_generate([naive], [cond])[0], cond.guide)
+    assert not calls and cached.context_kv_stale
+    monkeypatch.undo()
+    with torch.no_grad():
+        sampler.dit.final_layer.linear.weight.add_(0.1)
+    assert not sampler.returns_guide
+    for cond in _guided_conditions(2):
+        a, b = sampler.generate([cached], [cond]), sampler.naive_generate([naive], [cond])
+        assert (a - b).abs().max() <= 1e-4 and not torch.equal(a[0], cond.guide)
+    assert not cached.context_kv_stale
