@@ -118,7 +118,7 @@ class VADSettings(_Section):
 class SessionSettings(_Section):
     """Admission and lifetime of sessions."""
 
-    max_sessions: int = Field(default=1, ge=0, description="set from measured capacity (bench serve --find-capacity)")
+    max_sessions: int = Field(default=2, ge=0, description="set from measured capacity (bench serve --find-capacity)")
     retry_after_s: int = Field(default=10, gt=0)
     max_duration_s: float = Field(default=3600.0, gt=0)
     connect_timeout_s: float = Field(default=20.0, gt=0, description="ICE/DTLS must connect within this")
