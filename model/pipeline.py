@@ -382,7 +382,7 @@ class AvatarPipeline:
                 counts[name] = sum(p.numel() for p in part.parameters())
         return counts
 
-    def _parts(self) -> list[tuple[str, torch.nn.Module | None]]:
+    def _parts(self) -> list[tuple[str, MouthMotion | MouthLocator | PersonMatte | None]]:
         """The small networks a checkpoint may ship beside the DiT and the VAE, by folder name."""
         return [("motion", self.motion), ("locator", self.locator), ("matte", self.matte)]
 

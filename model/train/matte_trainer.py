@@ -16,7 +16,7 @@ from model.data.studio.config import StudioConfig
 from model.data.studio.matte import MatteSet, matte_set
 from model.train.config import MatteAugmentConfig, MatteDataConfig, MatteTrainConfig
 from model.train.log import TrainLog
-from model.train.schedule import lr_at, make_optimizer, step_generator
+from model.train.schedule import make_optimizer, optimise, step_generator
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +85,8 @@ def train_matte(config: MatteTrainConfig) -> dict:
         matte.train()
         pixels, alpha = sample_batch(stills, config.run.batch_size, config.augment,
                                      step_generator(config.run.seed, step, 0))
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.optim, config.run.steps)
         loss = F.binary_cross_entropy_with_logits(matte(pixels), alpha)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(matte.parameters(), config.optim.grad_clip)
-        optimizer.step()
+        optimise(matte, optimizer, loss, step, config.optim, config.run.steps)
         log.advance(loss=loss.item())
         done = step + 1
         if done % config.run.log_every == 0 or done == config.run.steps:

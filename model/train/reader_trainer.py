@@ -18,7 +18,7 @@ from model.train.config import ReaderAugmentConfig, ReaderTrainConfig
 from model.train.log import TrainLog
 from model.train.metrics import mouth_box, pearson
 from model.train.mouth_reader import MouthReader, mouth_crops
-from model.train.schedule import lr_at, make_optimizer, step_generator
+from model.train.schedule import make_optimizer, optimise, step_generator
 from model.vae import FrameVAE
 
 logger = logging.getLogger(__name__)
@@ -134,13 +134,8 @@ def train_reader(config: ReaderTrainConfig) -> dict:
         reader.train()
         crops, target = sample_batch(pool, config.run.batch_size, reader, config.augment,
                                      step_generator(config.run.seed, step, 0))
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, config.optim, config.run.steps)
         loss = torch.nn.functional.mse_loss(reader(crops), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(reader.parameters(), config.optim.grad_clip)
-        optimizer.step()
+        optimise(reader, optimizer, loss, step, config.optim, config.run.steps)
         log.advance(loss=loss.item())
         done = step + 1
         if done % config.run.log_every == 0 or done == config.run.steps:

@@ -34,6 +34,17 @@ def lr_at(step: int, optim: OptimConfig, total: int) -> float:
     return optim.lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
+def optimise(net: torch.nn.Module, optimizer: torch.optim.Optimizer, loss: torch.Tensor, step: int,
+             optim: OptimConfig, total: int) -> None:
+    """One step of a small network's plain training loop: the step's LR, backward, gradient clipping, update."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, optim, total)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), optim.grad_clip)
+    optimizer.step()
+
+
 def autocast(device: torch.device, precision: str):
     """bf16/fp16 autocast where the device supports it; a no-op context for "no"."""
     if precision == "no":
