@@ -17,6 +17,7 @@ from PIL import Image
 
 from model.blinks import BlinkBank, BlinkSchedule, build_blink_bank, locate_eyes
 from model.conditioning.audio import AudioFeatureBuffer, LocalAudioEncoder
+from model.conditioning.face_mouth import mouth_from_face
 from model.conditioning.heatmaps import NUM_HEATMAP_CHANNELS, render_heatmaps
 from model.conditioning.motion import MouthMotion
 from model.conditioning.mouth import MouthBox
@@ -405,7 +406,7 @@ class AvatarPipeline:
         bank = still = blink = head = detail = person = None
         if self.guided:
             guide = self.model_config.guide
-            box = mouth or self.locate_mouth(pixels)
+            box = mouth or self._find_mouth(picture, pixels)
             bank = build_mouth_bank(pixels, box, self.vae.encode, guide.openings,
                                     guide.cell_threshold).to(self.device, self.dit.dtype)
             latents = bank.latents[:1]  # opening 0 is the reference itself
@@ -451,6 +452,20 @@ class AvatarPipeline:
         if margin > 0:
             grown = torch.nn.functional.max_pool2d(grown, 2 * margin + 1, stride=1, padding=margin)
         return grown[0, 0].numpy()
+
+    def _find_mouth(self, picture: Image.Image, pixels: np.ndarray) -> MouthBox:
+        """The closed mouth on the cropped reference `pixels`: the locator's, else (it found none: a photo) the
+        lip line of the largest frontal face on `picture` as uploaded, moved onto the crop; the locator's
+        InputError when neither finds one."""
+        try:
+            return self.locate_mouth(pixels)
+        except InputError as not_found:
+            found = mouth_from_face(np.asarray(picture.convert("RGB")))
+            if found is None:
+                raise not_found from None
+            logger.info("the mouth locator found no mouth (%s); a frontal face puts it at %s of the picture",
+                        not_found, [round(v, 3) for v in found.as_list()])
+            return _cropped_mouth(found, picture.size, *pixels.shape[:2])
 
     def locate_mouth(self, image: np.ndarray) -> MouthBox:
         """The closed mouth on a cropped reference uint8 [H, W, 3]: the checkpoint's locator (InputError when
