@@ -460,7 +460,7 @@ class AvatarPipeline:
         try:
             return self.locate_mouth(pixels)
         except InputError as not_found:
-            found = mouth_from_face(np.asarray(picture.convert("RGB")))
+            found = mouth_from_face(np.asarray(picture))  # _as_pil made it RGB
             if found is None:
                 raise not_found from None
             logger.info("the mouth locator found no mouth (%s); a frontal face puts it at %s of the picture",

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import time
 from pathlib import Path
 
 import torch
+from diffusers.models.modeling_utils import ModelMixin
+from pydantic import BaseModel
 from safetensors.torch import load_file, save_file
 
 logger = logging.getLogger(__name__)
@@ -64,3 +67,17 @@ def load_checkpoint(path: Path, model: torch.nn.Module, ema, optimizer: torch.op
     state = json.loads((path / "state.json").read_text())
     logger.info("resumed from %s (step %d)", path, state["step"])
     return state
+
+
+def export_trained(net: ModelMixin, config: BaseModel, target: Path, figures: dict, began: float,
+                   loop_began: float) -> dict:
+    """Write a trained small network's folder (safetensors) and its training.json: the config as run and the
+    result, which is `figures` plus the size, wall times, threads and folder every such run reports."""
+    net.save_pretrained(str(target), safe_serialization=True)
+    now = time.monotonic()
+    result = {**figures, "parameters": sum(p.numel() for p in net.parameters()),
+              "train_wall_s": round(now - loop_began, 1), "wall_s": round(now - began, 1),
+              "threads": torch.get_num_threads(), "output": str(target)}
+    (target / "training.json").write_text(json.dumps(
+        {"config": config.model_dump(mode="json"), "result": result}, indent=2) + "\n")
+    return result

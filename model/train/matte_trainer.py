@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -14,6 +13,7 @@ from model.conditioning.mouth_locator import to_pixels
 from model.conditioning.person_matte import PersonMatte
 from model.data.studio.config import StudioConfig
 from model.data.studio.matte import MatteSet, matte_set
+from model.train.checkpoint import export_trained
 from model.train.config import MatteAugmentConfig, MatteDataConfig, MatteTrainConfig
 from model.train.log import TrainLog
 from model.train.schedule import make_optimizer, optimise, step_generator
@@ -97,14 +97,10 @@ def train_matte(config: MatteTrainConfig) -> dict:
     log.close()
     matte.eval()
     target_dir = Path(config.export_dir) if config.export_dir else out / "final"
-    matte.save_pretrained(str(target_dir), safe_serialization=True)
     iou, error = heldout_figures(matte, heldout)
-    result = {"steps": config.run.steps, "train_stills": len(stills.frames), "heldout_stills": len(heldout.frames),
-              "heldout_iou": iou, "heldout_error": error, "parameters": sum(p.numel() for p in matte.parameters()),
-              "train_wall_s": round(time.monotonic() - loop_began, 1), "wall_s": round(time.monotonic() - began, 1),
-              "threads": torch.get_num_threads(), "output": str(target_dir)}
-    (target_dir / "training.json").write_text(json.dumps(
-        {"config": config.model_dump(mode="json"), "result": result}, indent=2) + "\n")
+    result = export_trained(matte, config, target_dir, {
+        "steps": config.run.steps, "train_stills": len(stills.frames), "heldout_stills": len(heldout.frames),
+        "heldout_iou": iou, "heldout_error": error}, began, loop_began)
     logger.info("person matte written to %s: held-out IoU %.3f", target_dir, iou)
     return result
 

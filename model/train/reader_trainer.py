@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import torch
 from model.data import format as fmt
 from model.data import keypoints as kp
 from model.errors import InputError
+from model.train.checkpoint import export_trained
 from model.train.config import ReaderAugmentConfig, ReaderTrainConfig
 from model.train.log import TrainLog
 from model.train.metrics import mouth_box, pearson
@@ -145,14 +145,10 @@ def train_reader(config: ReaderTrainConfig) -> dict:
     log.close()
     reader.eval()
     target_dir = Path(config.export_dir) if config.export_dir else out / "final"
-    reader.save_pretrained(str(target_dir), safe_serialization=True)
-    result = {"steps": config.run.steps, "train_frames": len(pool.frames), "heldout_split": config.data.heldout_split,
-              "heldout_frames": len(heldout.frames), "heldout_r": heldout_r(reader, heldout),
-              "heldout_r_decoded": heldout_r(reader, heldout, heldout.decoded) if heldout.decoded is not None else None,
-              "parameters": sum(p.numel() for p in reader.parameters()),
-              "train_wall_s": round(time.monotonic() - loop_began, 1), "wall_s": round(time.monotonic() - began, 1),
-              "threads": torch.get_num_threads(), "output": str(target_dir)}
-    (target_dir / "training.json").write_text(json.dumps(
-        {"config": config.model_dump(mode="json"), "result": result}, indent=2) + "\n")
+    result = export_trained(reader, config, target_dir, {
+        "steps": config.run.steps, "train_frames": len(pool.frames), "heldout_split": config.data.heldout_split,
+        "heldout_frames": len(heldout.frames), "heldout_r": heldout_r(reader, heldout),
+        "heldout_r_decoded": heldout_r(reader, heldout, heldout.decoded) if heldout.decoded is not None else None},
+        began, loop_began)
     logger.info("mouth reader written to %s: held-out r %.3f", target_dir, result["heldout_r"])
     return result
