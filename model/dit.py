@@ -79,9 +79,13 @@ class RotaryEmbedding3D:
         return torch.polar(torch.ones_like(angles), angles)
 
 
-def apply_rope(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs of x [B, L, H, D] by token l's complex rotations rope [L, D/2]."""
+def apply_rope(x: torch.Tensor, rope: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate channel pairs of x [B, L, H, D] by token l's complex rotations rope [L, D/2]; written into
+    `out` [B, L, H, D] (a float32 view, e.g. a slice of a K buffer) when given."""
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # [B, L, H, D/2]
+    if out is not None:
+        torch.mul(pairs, rope[None, :, None], out=torch.view_as_complex(out.unflatten(-1, (-1, 2))))
+        return out
     return torch.view_as_real(pairs * rope[None, :, None]).flatten(-2).to(x.dtype)
 
 
@@ -151,16 +155,21 @@ class DiTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, rope: torch.Tensor, prefix: KV | None = None,
                 mask: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> tuple[torch.Tensor, KV]:
-        """x [B, T, N, D]; c [B, T, D]; prefix: cached rotated (k, v) [B, Lp, H, Dh] attended first;
+        """x [B, T, N, D]; c [B, T, D]; prefix: (k, v) buffers [B, Lp + T*N, H, Dh] holding the cached rotated
+        prefix K/V, attended first, whose last T*N rows take x's own (written in place, no copy of the prefix);
         audio [B, Fa, W, D] tokens for the last Fa frames. Returns (x, pre-RoPE (k, v) of x)."""
         b, t, n, d = x.shape
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.modulation(c)
         q, k, v = self.qkv_pre_rope(x, shift_msa, scale_msa)
         kv = (k, v)
-        q, k = apply_rope(q, rope), apply_rope(k, rope)
-        if prefix is not None:
-            k = torch.cat([prefix[0], k], dim=1)
-            v = torch.cat([prefix[1], v], dim=1)
+        q = apply_rope(q, rope)
+        if prefix is None:
+            k = apply_rope(k, rope)
+        else:
+            own = t * n
+            apply_rope(k, rope, out=prefix[0][:, -own:])
+            prefix[1][:, -own:] = v
+            k, v = prefix
         o = dispatch_attention_fn(q, k, v, attn_mask=mask).reshape(b, t, n, d)
         x = x + gate_msa * self.attn_out(o)
         if audio is not None:
@@ -504,21 +513,28 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         return [(k.reshape(b, n, gh * gw, heads, head_dim), v.reshape(b, n, gh * gw, heads, head_dim))
                 for k, v in kvs]
 
-    def prefix_kv(self, reference_kv: list[KV], context_kv: list[KV] | None, latent_hw: tuple[int, int]) -> list[KV]:
-        """Cached [B, n, N, H, Dh] K/V of reference + context (latent grid h x w) -> per-layer (k, v)
-        [B, (R+M)*N, H, Dh], keys rotated to their positions relative to the current chunk."""
-        r = reference_kv[0][0].shape[1]
+    def prefix_kv(self, reference_kv: list[KV], context_kv: list[KV] | None, latent_hw: tuple[int, int],
+                  chunk_frames: int) -> list[KV]:
+        """Cached [B, n, N, H, Dh] K/V of reference + context (latent grid h x w) -> per-layer (k, v) buffers
+        [B, (R+M+F)*N, H, Dh] for forward_chunk: the first (R+M)*N rows the prefix, keys rotated to their
+        positions relative to the current chunk; the last F*N rows room for the chunk's own K/V."""
+        rk0 = reference_kv[0][0]
+        b, r, n, heads, head_dim = rk0.shape
         m = 0 if context_kv is None else context_kv[0][0].shape[1]
-        device = reference_kv[0][0].device
         p = self.config.patch_size
-        rope = self.rope(self._positions(r, m, 0, device), latent_hw[0] // p, latent_hw[1] // p)
+        rope = self.rope(self._positions(r, m, 0, rk0.device), latent_hw[0] // p, latent_hw[1] // p)
+        split = r * n  # reference rows | context rows
         out: list[KV] = []
         for i, (rk, rv) in enumerate(reference_kv):
+            k = rk.new_empty(b, (r + m + chunk_frames) * n, heads, head_dim)
+            v = torch.empty_like(k)
+            apply_rope(rk.flatten(1, 2), rope[:split], out=k[:, :split])
+            v[:, :split] = rv.flatten(1, 2)
             if m:
                 ck, cv = context_kv[i]  # type: ignore[index]
-                rk, rv = torch.cat([rk, ck], dim=1), torch.cat([rv, cv], dim=1)
-            k, v = rk.flatten(1, 2), rv.flatten(1, 2)  # [B, (R+M)*N, H, Dh]
-            out.append((apply_rope(k, rope), v))
+                apply_rope(ck.flatten(1, 2), rope[split:], out=k[:, split:split + m * n])
+                v[:, split:split + m * n] = cv.flatten(1, 2)
+            out.append((k, v))
         return out
 
     def forward_chunk(
@@ -537,7 +553,8 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         last_context: torch.Tensor | None = None,
         guide: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Output [B, F, C, h, w] of chunk latents attending to cached prefix K/V (from prefix_kv);
+        """Output [B, F, C, h, w] of chunk latents attending to cached prefix K/V buffers (from prefix_kv, whose
+        room for the chunk's own K/V this call overwrites);
         equals the chunk part of forward() on [reference | context | chunk]. No mask is needed.
         `conditioning` (from embed_conditions) replaces audio/pose/text/drop_*; `reference` and
         `last_context` [B, C, h, w] are the first reference latent and the newest context input;

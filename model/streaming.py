@@ -207,13 +207,19 @@ class StreamingSampler:
                     drop_pose=drop_pose)
 
     def _prefix(self, states: list[StreamState]) -> list[KV]:
-        """Reference + context K/V of every session rotated to this chunk's positions: per layer
-        (k, v) [S, (R+M)*N, H, Dh]; once per chunk, shared by all steps and CFG branches."""
-        per_session = [self.dit.prefix_kv([(k[None], v[None]) for k, v in s.reference_kv],  # type: ignore[union-attr]
-                                          [(k[None], v[None]) for k, v in s.context_kv] if s.context_kv else None,
-                                          s.grid) for s in states]
-        return [(torch.cat([p[layer][0] for p in per_session]), torch.cat([p[layer][1] for p in per_session]))
-                for layer in range(len(per_session[0]))]
+        """Reference + context K/V of every session rotated to this chunk's positions, in buffers with room
+        for the chunk's own: per layer (k, v) [S, (R+M+F)*N, H, Dh]; once per chunk, shared by all steps and
+        CFG branches."""
+        def stack(per_session: list[torch.Tensor]) -> torch.Tensor:  # S x [n, N, H, Dh] -> [S, n, N, H, Dh]
+            return per_session[0][None] if len(per_session) == 1 else torch.stack(per_session)
+
+        def batched(caches: list[list[KV]]) -> list[KV]:
+            return [(stack([c[layer][0] for c in caches]), stack([c[layer][1] for c in caches]))
+                    for layer in range(len(caches[0]))]
+
+        context = batched([s.context_kv for s in states]) if self.config.context_frames else None  # type: ignore[misc]
+        return self.dit.prefix_kv(batched([s.reference_kv for s in states]), context,  # type: ignore[misc]
+                                  states[0].grid, self.config.chunk_frames)
 
     def _guides(self, states: list[StreamState], conditions: list[ChunkConditions]) -> torch.Tensor:
         """Each session's chunk guide [S, F, C, h, w]: the conditions' guide, else the closed-mouth reference."""

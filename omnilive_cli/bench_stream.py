@@ -14,7 +14,7 @@ import torch
 
 from avatar_server.settings import ModelSettings
 from model.errors import InputError
-from model.pipeline import FALLBACK_MOUTH, AvatarPipeline, LatentChunk, StreamOptions
+from model.pipeline import FALLBACK_MOUTH, AvatarPipeline, AvatarStream, LatentChunk, StreamOptions
 from model.vae import DECODE_PRECISIONS
 from omnilive_cli.render import load_pipeline
 
@@ -31,7 +31,7 @@ def register(targets: argparse._SubParsersAction) -> None:
     parser = targets.add_parser(
         "stream", help="speed of live generation and max difference to the naive (uncached) path",
         description="Measure chunked streaming generation: cached sampler + VAE decode per chunk, the naive "
-                    "re-computation for comparison, and the largest latent difference between the two.",
+                    "re-computation for comparison (the two take turns chunk by chunk), and the largest latent difference between the two.",
     )
     parser.add_argument("--config", default="tiny", help="model config (tiny, base, large or a .yaml) for --random-init")
     parser.add_argument("--random-init", action="store_true", help="untrained weights (speed measurement only)")
@@ -72,9 +72,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def run_path(pipe: AvatarPipeline, sessions: int, chunks: int, steps: int | None, seed: int,
-             naive: bool) -> tuple[list[list[LatentChunk]], dict[str, list[float]], float]:
-    """Generate `chunks` chunks for `sessions` streams; per-chunk timings (ms) and stream-open time."""
+def open_streams(pipe: AvatarPipeline, sessions: int, chunks: int, steps: int | None,
+                 seed: int) -> tuple[list[AvatarStream], float]:
+    """`sessions` streams with audio for `chunks` chunks, and the mean ms to open one."""
     cfg = pipe.config
     seconds = ((chunks + 1) * cfg.chunk_frames + cfg.lookahead_frames) / cfg.fps
     t0 = time.perf_counter()
@@ -87,26 +87,43 @@ def run_path(pipe: AvatarPipeline, sessions: int, chunks: int, steps: int | None
         stream.push_audio(bench_audio(seconds, cfg.sample_rate, seed + i))
         streams.append(stream)
     _sync(pipe.device)
-    open_ms = (time.perf_counter() - t0) * 1e3 / sessions
-    results: list[list[LatentChunk]] = []
-    timings: dict[str, list[float]] = {"total": [], "sampler": [], "decode": [], "cpu": []}
+    return streams, (time.perf_counter() - t0) * 1e3 / sessions
+
+
+def time_chunk(pipe: AvatarPipeline, streams: list[AvatarStream], naive: bool,
+               timings: dict[str, list[float]]) -> list[LatentChunk]:
+    """Sample and decode the next chunk of every stream; appends its ms to `timings`."""
+    c0, t0 = time.process_time(), time.perf_counter()
+    latents = pipe.sample(streams, naive=naive)
+    _sync(pipe.device)
+    t1 = time.perf_counter()
+    pipe.decode(latents)
+    _sync(pipe.device)
+    t2, c2 = time.perf_counter(), time.process_time()
+    if len(latents) != len(streams):
+        raise RuntimeError(f"only {len(latents)} of {len(streams)} streams produced a chunk")
+    timings["sampler"].append((t1 - t0) * 1e3)
+    timings["decode"].append((t2 - t1) * 1e3)
+    timings["total"].append((t2 - t0) * 1e3)
+    timings["cpu"].append((c2 - c0) * 1e3)
+    return latents
+
+
+def run_paths(pipe: AvatarPipeline, sessions: int, chunks: int, steps: int | None,
+              seed: int) -> tuple[dict[bool, list[list[LatentChunk]]], dict[bool, dict[str, list[float]]], float]:
+    """The cached (False) and naive (True) paths on streams of the same seeds, chunk by chunk in turn and
+    each first every other chunk, so a change in the machine's load falls on both alike; returns their
+    chunks, per-chunk timings (ms) and the cached streams' open time."""
+    cached_streams, open_ms = open_streams(pipe, sessions, chunks, steps, seed)
+    streams = {False: cached_streams, True: open_streams(pipe, sessions, chunks, steps, seed)[0]}
+    results: dict[bool, list[list[LatentChunk]]] = {False: [], True: []}
+    timings: dict[bool, dict[str, list[float]]] = {
+        naive: {"total": [], "sampler": [], "decode": [], "cpu": []} for naive in (False, True)}
     with torch.inference_mode():
-        for _ in range(chunks):
-            c0, t0 = time.process_time(), time.perf_counter()
-            latents = pipe.sample(streams, naive=naive)
-            _sync(pipe.device)
-            t1 = time.perf_counter()
-            pipe.decode(latents)
-            _sync(pipe.device)
-            t2, c2 = time.perf_counter(), time.process_time()
-            if len(latents) != sessions:
-                raise RuntimeError(f"only {len(latents)} of {sessions} streams produced a chunk")
-            results.append(latents)
-            timings["sampler"].append((t1 - t0) * 1e3)
-            timings["decode"].append((t2 - t1) * 1e3)
-            timings["total"].append((t2 - t0) * 1e3)
-            timings["cpu"].append((c2 - c0) * 1e3)
-    for stream in streams:
+        for i in range(chunks):
+            for naive in ((False, True) if i % 2 == 0 else (True, False)):
+                results[naive].append(time_chunk(pipe, streams[naive], naive, timings[naive]))
+    for stream in streams[False] + streams[True]:
         stream.close()
     return results, timings, open_ms
 
@@ -122,10 +139,10 @@ def measure(pipe: AvatarPipeline, sessions: int, chunks: int, steps: int | None,
     cfg = pipe.config
     steps_used = steps or cfg.steps
     compared = max(chunks, MIN_COMPARED_CHUNKS)
-    cached, timing, open_ms = run_path(pipe, sessions, compared, steps, seed, naive=False)
-    naive, naive_timing, _ = run_path(pipe, sessions, compared, steps, seed, naive=True)
+    results, timings, open_ms = run_paths(pipe, sessions, compared, steps, seed)
+    timing, naive_timing = timings[False], timings[True]
     diff = max(float((a.latents - b.latents).abs().max())
-               for chunk_a, chunk_b in zip(cached, naive) for a, b in zip(chunk_a, chunk_b))
+               for chunk_a, chunk_b in zip(results[False], results[True]) for a, b in zip(chunk_a, chunk_b))
     ms = _p(timing["total"], 50)
     naive_ms = _p(naive_timing["total"], 50)
     chunk_seconds = cfg.chunk_frames / cfg.fps

@@ -56,7 +56,7 @@ def test_cached_chunk_forward_equals_full_masked_forward(concat: bool) -> None:
     lat, t = x["latents"], x["timesteps"]
     ref_kv = dit.encode_kv(lat[:, :R], t[:, :R], frame_local=False)
     ctx_kv = dit.encode_kv(lat[:, R:R + M], t[:, R:R + M], frame_local=True, reference=lat[:, 0])
-    prefix = dit.prefix_kv(ref_kv, ctx_kv, (H, W))
+    prefix = dit.prefix_kv(ref_kv, ctx_kv, (H, W), F)
     out = dit.forward_chunk(lat[:, R + M:], t[:, R + M:], prefix, x["audio"], x["pose"], x["text"], **drops,
                             reference=lat[:, 0], last_context=lat[:, R + M - 1])
     assert out.shape == (2, F, C, H, W)
