@@ -31,7 +31,7 @@ from model.detail import ReferenceDetail
 from model.dit import OmniHumanDiT
 from model.errors import InputError
 from model.flow import Guidance
-from model.guide import MouthBank, build_mouth_bank
+from model.guide import MouthBank, build_mouth_bank, draw_openings
 from model.head_motion import HeadRig, HeadSway
 from model.media import cover_crop, cover_crop_place
 from model.pose_warp import PoseWarp, warp_frames
@@ -431,10 +431,10 @@ class AvatarPipeline:
                                  detail=detail, person=person)
 
     def person_matte(self, image: np.ndarray, mouth: MouthBox) -> np.ndarray | None:
-        """Where the person is on a cropped reference uint8 [H, W, 3]: float32 [H, W] in [0, 1], grown by
-        guide.matte_margin px, where anything but sure backdrop counts as person; None (the head warp moves
-        the backdrop with it) without a matte or when the matte misses the mouth or covers next to nothing or nearly
-        everything."""
+        """Where the person is on a cropped reference uint8 [H, W, 3], its jaw at any opening of the mouth at
+        `mouth`: float32 [H, W] in [0, 1], grown by guide.matte_margin px, where anything but sure backdrop counts
+        as person; None (the head warp moves the backdrop with it) without a matte or when the matte misses the
+        mouth or covers next to nothing or nearly everything."""
         if self.matte is None:
             logger.warning("the %s checkpoint has no person matte: the backdrop moves with the head",
                            self.model_config.name)
@@ -447,6 +447,10 @@ class AvatarPipeline:
             logger.info("person matte not used (%.2f at the mouth, %.2f of the picture): the backdrop moves with "
                         "the head", at_mouth, share)
             return None
+        # an open mouth pulls the jaw below the closed picture's chin: the person is the union of both pictures
+        # (the jaw moves monotonically with the opening), else the head warp leaves the jaw's new part behind
+        widest = draw_openings(image, mouth, torch.ones(1))[0].permute(1, 2, 0).numpy()  # uint8 [H, W, 3]
+        coverage = np.maximum(coverage, self.matte.coverage(widest))
         margin = self.model_config.guide.matte_margin
         grown = torch.from_numpy(np.minimum(coverage / MATTE_SURE_BACKDROP, 1.0))[None, None]  # [1, 1, H, W]
         if margin > 0:
