@@ -3,7 +3,8 @@
 Prints delivered fps per session (frames received, and freshly generated frames shown), latency
 p50/p95 (audio arrival -> frame sent, from the server), first-frame time, each session's stage
 p50/p95 (queue, sample, decode, buffer, late: docs/server.md), the engine's cost model, server CPU
-and RSS; `--find-capacity` searches the largest N where every session keeps >= 0.95 x the target fps.
+and RSS; `--find-capacity` searches the largest N where every session keeps >= 0.95 x the target fps and a
+latency p95 within a conversation's budget (400 ms by default).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_WAV = Path("/usr/share/sounds/alsa/Front_Center.wav")
 CAPACITY_FRACTION = 0.95
+CAPACITY_LATENCY_P95_MS = 400.0  # a conversation's budget: beyond it the avatar lags its own voice noticeably
 STARTUP_TIMEOUT_S = 300.0
 CONNECT_TIMEOUT_S = 30.0
 MIC_RATE = 16000
@@ -45,7 +47,11 @@ def register(targets: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds after connecting before measuring")
     parser.add_argument("--wav", default=None, help=f"microphone audio, looped (default {DEFAULT_WAV})")
     parser.add_argument("--find-capacity", action="store_true",
-                        help=f"search the largest N with every session >= {CAPACITY_FRACTION} x target fps")
+                        help=f"search the largest N with every session >= {CAPACITY_FRACTION} x target fps and "
+                             "latency p95 <= --max-latency-ms")
+    parser.add_argument("--max-latency-ms", type=float, default=CAPACITY_LATENCY_P95_MS,
+                        help=f"latency p95 a session may have and still count as served (default "
+                             f"{CAPACITY_LATENCY_P95_MS:.0f})")
     parser.add_argument("--max-sessions", type=int, default=32, help="upper bound of the capacity search")
     parser.add_argument("--config", default=None, help="server settings YAML (default configs/server/default.yaml)")
     parser.add_argument("--weights", default=None, help="checkpoint folder (overrides model.weights)")
@@ -63,8 +69,9 @@ def register(targets: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.sessions < 1 or args.seconds <= 0 or args.warmup < 0 or args.max_sessions < 1:
-        raise InputError("--sessions and --max-sessions must be >= 1, --seconds > 0, --warmup >= 0")
+    if args.sessions < 1 or args.seconds <= 0 or args.warmup < 0 or args.max_sessions < 1 or args.max_latency_ms <= 0:
+        raise InputError("--sessions and --max-sessions must be >= 1, --seconds and --max-latency-ms > 0, "
+                         "--warmup >= 0")
     mic = _load_mic(args.wav)
     result = asyncio.run(_bench(args, mic))
     if args.json:
@@ -183,8 +190,15 @@ async def _wait_ready(url: str, process: subprocess.Popen, log: Any) -> None:
 #################################################################################
 
 
+def session_served(row: dict[str, Any], floor_fps: float, max_latency_ms: float) -> bool:
+    """A session counts as served: received and freshly generated fps >= floor_fps, latency p95 measured and
+    <= max_latency_ms."""
+    p95 = row["latency_ms_p95"]
+    return row["fps"] >= floor_fps and row["generated_fps"] >= floor_fps and p95 is not None and p95 <= max_latency_ms
+
+
 async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float, warmup: float,
-                 mic: np.ndarray) -> dict[str, Any]:
+                 mic: np.ndarray, max_latency_ms: float) -> dict[str, Any]:
     """One run with `sessions` clients; per-session and overall figures."""
     import httpx
 
@@ -245,7 +259,7 @@ async def _trial(url: str, server: psutil.Process, sessions: int, seconds: float
         "server_rss_mb": round(server.memory_info().rss / 2**20, 1),
         "setup_ms_p50": round(setup_ms[len(setup_ms) // 2], 1), "setup_ms_max": round(setup_ms[-1], 1),
         "front_setup_ms_mean": _front_setup_ms(samples),
-        "ok": all(r["fps"] >= floor and r["generated_fps"] >= floor for r in rows),
+        "ok": all(session_served(r, floor, max_latency_ms) for r in rows),
         "cost_model": _cost_model(samples),
         "per_session": rows,
     }
@@ -306,12 +320,12 @@ async def _bench(args: argparse.Namespace, mic: np.ndarray) -> dict[str, Any]:
         result: dict[str, Any] = {"model": ready.get("model"), "cpu_count": os.cpu_count(),
                                   "machine_load_1m": round(os.getloadavg()[0], 2)}
         if not args.find_capacity:
-            result.update(await _trial(url, server, args.sessions, args.seconds, args.warmup, mic))
+            result.update(await _trial(url, server, args.sessions, args.seconds, args.warmup, mic, args.max_latency_ms))
             return result
         trials: list[dict[str, Any]] = []
 
         async def ok(n: int) -> bool:
-            trial = await _trial(url, server, n, args.seconds, args.warmup, mic)
+            trial = await _trial(url, server, n, args.seconds, args.warmup, mic, args.max_latency_ms)
             trials.append({k: v for k, v in trial.items() if k != "per_session"})
             return bool(trial["ok"])
 
@@ -326,7 +340,8 @@ async def _bench(args: argparse.Namespace, mic: np.ndarray) -> dict[str, Any]:
             else:
                 high = mid - 1
         result.update({"capacity": best, "criterion": f"every session >= {CAPACITY_FRACTION} x target fps "
-                                                      "(received and freshly generated)", "trials": trials})
+                                                      f"(received and freshly generated), latency p95 <= "
+                                                      f"{args.max_latency_ms:g} ms", "trials": trials})
         return result
 
 
