@@ -10,15 +10,17 @@ out per packet in). `use_live_audio_buffer` swaps in `LiveAudioJitterBuffer`: a 
 the next in sequence, a missing one is waited for only while at most `reorder` later packets arrived, and everything
 a late packet unblocks is decoded at once. The server's feeder has its own jitter allowance for arrival times
 (`media.input_jitter_ms`); this buffer only puts packets back in order.
+Nor does a sender say when it has encoded a frame: `tap_encoded` wraps the method that takes a frame from the track
+and returns it encoded, so the server can time the encoder (its `encode` stage).
 Everything else omnilive does with aiortc goes through its public API.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable
+from typing import Any, Callable
 
-from aiortc import RTCRtpReceiver
+from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtp import RtpPacket
 from aiortc.utils import uint16_add
@@ -31,6 +33,8 @@ RECEIVER_DECODER_QUEUE = "_RTCRtpReceiver__decoder_queue"      # queue.Queue of 
 RECEIVER_DECODER_THREAD = "_RTCRtpReceiver__decoder_thread"    # None until started / once stopped
 RECEIVER_TIMESTAMP_MAPPER = "_RTCRtpReceiver__timestamp_mapper"  # TimestampMapper: `.map(rtp timestamp) -> pts`
 RECEIVER_CODECS = "_RTCRtpReceiver__codecs"                    # {payload type: RTCRtpCodecParameters}
+SENDER_NEXT_ENCODED = "_next_encoded_frame"  # RTCRtpSender: `async (codec) -> RTCEncodedFrame | None`, track -> encoded
+SENDER_NEXT_ENCODED_PARAMETERS = ("self", "codec")
 AIORTC_AUDIO_BUFFER = (16, 4)  # aiortc's own audio JitterBuffer: capacity, prefetch
 MAX_MISORDER = 100  # as aiortc: a packet this far behind the next expected one restarts the sequence
 
@@ -44,6 +48,19 @@ def tap_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[int], None]) -> None:
         await handle(packet, arrival_time_ms=arrival_time_ms)
 
     setattr(receiver, RTP_HANDLER, tapped)
+
+
+def tap_encoded(sender: RTCRtpSender, on_encoded: Callable[[], None]) -> None:
+    """Call `on_encoded()` each time `sender` has taken a frame from its track and encoded it (not for frames it drops)."""
+    next_encoded = getattr(sender, SENDER_NEXT_ENCODED)
+
+    async def tapped(codec: Any) -> Any:
+        encoded = await next_encoded(codec)
+        if encoded is not None:
+            on_encoded()
+        return encoded
+
+    setattr(sender, SENDER_NEXT_ENCODED, tapped)
 
 
 class LiveAudioJitterBuffer(JitterBuffer):

@@ -63,6 +63,7 @@ class SessionServices:
     sample_rate: int
     on_closed: Callable[["Session", str], None]  # the session ended, and why
     on_latency: Callable[[float], None]          # a frame's latency (the server-wide histogram)
+    on_stages: Callable[[dict[str, float]], None]  # a sent frame's stage seconds (the server-wide histograms)
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class Session:
         self._had_listener = False
         self._on_closed = services.on_closed
         self._on_latency_global = services.on_latency
+        self._on_stages_global = services.on_stages
         self._loop = asyncio.get_running_loop()
 
         media = settings.media
@@ -329,6 +331,15 @@ class Session:
     def _record_latency(self, seconds: float) -> None:
         self.latencies.append(seconds)
         self._on_latency_global(seconds)
+
+    def on_video_encoded(self) -> None:
+        """The sender has encoded the frame the video track handed over last: its `encode` stage."""
+        if self.video.handed_at is None:
+            return
+        stage = {"encode": max(0.0, self.clock.monotonic() - self.video.handed_at)}
+        if self.slot.stages is not None:
+            self.slot.stages.add(stage)
+        self._on_stages_global(stage)
 
     # ------------------------------------------------------------------ events out
 

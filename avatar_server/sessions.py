@@ -11,7 +11,7 @@ from typing import Any, Iterator
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.exceptions import InvalidAccessError, InvalidStateError, OperationError
 
-from avatar_server.aiortc_adapter import use_live_audio_buffer
+from avatar_server.aiortc_adapter import tap_encoded, use_live_audio_buffer
 from avatar_server.avatars import Avatar
 from avatar_server.clock import SYSTEM_CLOCK, Clock
 from avatar_server.engine import Engine
@@ -48,7 +48,7 @@ class SessionManager:
         self._pending = 0
         self._creations = RateLimiter(settings.sessions.max_creations_per_s, settings.sessions.creation_burst)
         self._services = SessionServices(settings, engine, voice, clock, int(handle.pipe.config.sample_rate),
-                                         self._closed, metrics.latency.observe)
+                                         self._closed, metrics.latency.observe, metrics.chunk_stages)
 
     def __len__(self) -> int:
         return len(self.sessions)
@@ -152,7 +152,7 @@ class SessionManager:
         if "video" not in kinds:
             raise Problem(400, "unusable SDP offer: the offer has no video m-line to send the avatar on",
                           code="bad_sdp")
-        pc.addTrack(session.video)
+        tap_encoded(pc.addTrack(session.video), session.on_video_encoded)
         if "audio" in kinds:
             pc.addTrack(session.audio)
         with _offer_errors():

@@ -10,6 +10,11 @@ The engine records, for every chunk it generates (seconds):
 - `buffer`: chunk ready -> its first frame's play time (0 when late).
 - `late`:   how far past its play time the chunk was ready (0 when on time); the playout delay grows
             by that much.
+
+and the session, for every video frame it sends:
+
+- `encode`: the video track hands the frame over -> aiortc has encoded it (VP8 or H.264, in its executor
+            thread) and is about to send its packets.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections import deque
 
 import numpy as np
 
-STAGES = ("queue", "sample", "decode", "buffer", "late")
+STAGES = ("queue", "sample", "decode", "buffer", "late", "encode")
 
 
 class StageWindow:
@@ -30,7 +35,7 @@ class StageWindow:
         self._lock = threading.Lock()
 
     def add(self, stages: dict[str, float]) -> None:
-        """One chunk's stage seconds (a subset of STAGES)."""
+        """One chunk's (or frame's) stage seconds (a subset of STAGES)."""
         with self._lock:
             for stage, seconds in stages.items():
                 self._values[stage].append(seconds)

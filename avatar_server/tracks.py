@@ -62,6 +62,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         self.on_latency = on_latency
         self._anchor: float | None = None
         self.started_at: float | None = None  # the first frame's send time; pts count from it
+        self.handed_at: float | None = None  # when the last frame was handed to the sender (its encoder)
         self._index = 0
         self._last_pts = -1
         self._current: TimedFrame | None = None
@@ -117,7 +118,7 @@ class AvatarVideoTrack(MediaStreamTrack):
         video.pts, video.time_base = pts, Fraction(1, VIDEO_CLOCK_RATE)
         self._last_pts = pts
 
-        sent = self.clock.monotonic()
+        sent = self.handed_at = self.clock.monotonic()
         self.counters.frames_sent += 1
         if frame is not None:
             self.counters.frames_generated_sent += 1

@@ -13,7 +13,7 @@ import aioice.ice
 import aiortc
 import numpy as np
 import pytest
-from aiortc import RTCRtpReceiver
+from aiortc import RTCRtpReceiver, RTCRtpSender
 from aiortc.jitterbuffer import JitterBuffer
 from aiortc.rtcdtlstransport import RtpReceiver
 from aiortc.rtp import RtpPacket
@@ -27,7 +27,10 @@ from avatar_server.aiortc_adapter import (
     RECEIVER_TIMESTAMP_MAPPER,
     RTP_HANDLER,
     RTP_HANDLER_PARAMETERS,
+    SENDER_NEXT_ENCODED,
+    SENDER_NEXT_ENCODED_PARAMETERS,
     LiveAudioJitterBuffer,
+    tap_encoded,
     tap_rtp,
     use_live_audio_buffer,
 )
@@ -58,6 +61,28 @@ def test_the_receiver_still_takes_each_rtp_packet_through_the_tapped_method() ->
         changed(f"the RtpReceiver protocol RTCDtlsTransport routes RTP packets to ({RTP_HANDLER})",
                 caller and parameters(caller))
     assert "timestamp" in parameters(RtpPacket), changed("RtpPacket's fields", parameters(RtpPacket))
+
+
+def test_the_sender_still_takes_and_encodes_each_frame_through_the_tapped_method() -> None:
+    method = getattr(RTCRtpSender, SENDER_NEXT_ENCODED, None)
+    assert method is not None, changed(f"RTCRtpSender.{SENDER_NEXT_ENCODED}", "no such method")
+    assert inspect.iscoroutinefunction(method), changed(f"RTCRtpSender.{SENDER_NEXT_ENCODED}", "not a coroutine")
+    assert parameters(method) == SENDER_NEXT_ENCODED_PARAMETERS, \
+        changed(f"RTCRtpSender.{SENDER_NEXT_ENCODED}'s parameters", parameters(method))
+
+
+async def test_the_encoded_tap_counts_encoded_frames_and_not_dropped_ones() -> None:
+    class Sender:  # stands in for RTCRtpSender: the tap only wraps the method
+        def __init__(self) -> None:
+            self.results = ["frame", None, "frame"]
+
+        async def _next_encoded_frame(self, codec: object) -> object:
+            return self.results.pop(0)
+
+    sender, encoded = Sender(), []
+    tap_encoded(sender, lambda: encoded.append(1))  # type: ignore[arg-type]
+    assert [await sender._next_encoded_frame("vp8") for _ in range(3)] == ["frame", None, "frame"]
+    assert len(encoded) == 2
 
 
 def test_loopback_ice_still_patches_the_host_addresses() -> None:

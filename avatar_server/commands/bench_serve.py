@@ -2,7 +2,7 @@
 
 Prints delivered fps per session (frames received, and freshly generated frames shown), latency
 p50/p95 (audio arrival -> frame sent, from the server), first-frame time, each session's stage
-p50/p95 (queue, sample, decode, buffer, late: docs/server.md), the engine's cost model, server CPU
+p50/p95 (queue, sample, decode, buffer, late, encode: docs/server.md), the engine's cost model, server CPU
 and RSS; `--find-capacity` searches the largest N where every session keeps >= 0.95 x the target fps and a
 latency p95 within a conversation's budget (400 ms by default).
 """
