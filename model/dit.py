@@ -54,19 +54,37 @@ class TimestepEmbedder(nn.Module):
 
 
 class RotaryEmbedding3D:
-    """3D RoPE tables: the head dim is split into (t, h, w) parts; positions may be negative."""
+    """3D RoPE tables: the head dim is split into (t, h, w) parts; positions may be negative.
+
+    A table depends only on the frames' temporal positions and the grid, and streaming asks for the same few
+    every chunk (reference, context, chunk), so each is made once per device and kept (at most MAX_TABLES).
+    """
+
+    MAX_TABLES = 64  # distinct (positions, grid, device): a handful in streaming, a few more in training
 
     def __init__(self, head_dim: int, theta: float):
         hw = (3 * head_dim // 8) // 2 * 2
         self.axes_dim = (head_dim - 2 * hw, hw, hw)
         self.theta = theta
+        self._tables: dict[tuple[tuple[float, ...], int, int, torch.device], torch.Tensor] = {}
 
     def _angles(self, pos: torch.Tensor, dim: int) -> torch.Tensor:
         inv = 1.0 / self.theta ** (torch.arange(0, dim, 2, dtype=torch.float32, device=pos.device) / dim)
         return pos[..., None].float() * inv
 
-    def __call__(self, t_positions: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
-        """t_positions [T] -> complex rotations [T * grid_h * grid_w, head_dim / 2]."""
+    def __call__(self, t_positions: tuple[float, ...], grid_h: int, grid_w: int, device: torch.device) -> torch.Tensor:
+        """Temporal positions (T) -> complex rotations [T * grid_h * grid_w, head_dim / 2] on `device`."""
+        key = (t_positions, grid_h, grid_w, torch.device(device))
+        table = self._tables.get(key)
+        if table is None:
+            if len(self._tables) >= self.MAX_TABLES:
+                self._tables.clear()
+            with torch.inference_mode(False):  # a normal tensor: a table made while sampling serves training too
+                table = self._table(torch.tensor(t_positions, dtype=torch.float32, device=device), grid_h, grid_w)
+            self._tables[key] = table
+        return table
+
+    def _table(self, t_positions: torch.Tensor, grid_h: int, grid_w: int) -> torch.Tensor:
         device = t_positions.device
         n_t, n = t_positions.shape[0], grid_h * grid_w
         hh, ww = torch.meshgrid(torch.arange(grid_h, device=device), torch.arange(grid_w, device=device), indexing="ij")
@@ -420,12 +438,9 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
             return self._gradient_checkpointing_func(block, *args)
         return block(*args)
 
-    def _positions(self, num_reference: int, num_context: int, num_chunk: int, device: torch.device) -> torch.Tensor:
+    def _positions(self, num_reference: int, num_context: int, num_chunk: int) -> tuple[float, ...]:
         """Temporal RoPE index per frame: reference at ref_index, context -M..-1, chunk 0..F-1."""
-        return torch.cat([
-            torch.full((num_reference,), float(self.config.ref_index), device=device),
-            torch.arange(-num_context, num_chunk, device=device, dtype=torch.float32),
-        ])
+        return (float(self.config.ref_index),) * num_reference + tuple(map(float, range(-num_context, num_chunk)))
 
     # ------------------------------------------------------------------ full (masked) path
 
@@ -472,7 +487,7 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         x = self._embed(latents, pose_features, reference, last, guide)  # [B, T, N, D]
         temb = self.t_embedder(timesteps)  # [B, T, D]
         cond = torch.cat([temb[:, : r + m], temb[:, r + m:] + conditioning.text[:, None]], dim=1)
-        rope = self.rope(self._positions(r, m, f, latents.device), gh, gw)
+        rope = self.rope(self._positions(r, m, f), gh, gw, latents.device)
         mask = block_causal_mask(r, m, f, gh * gw, latents.device)
         for block in self.blocks:
             x, _ = self._run_block(block, x, cond, rope, None, mask, conditioning.audio)
@@ -496,12 +511,12 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
             channels = None if channels is None else channels.reshape(b * n, 1, *channels.shape[2:])
             latents = latents.reshape(b * n, 1, *latents.shape[2:])
             timesteps = timesteps.reshape(b * n, 1)
-            positions = torch.zeros(1, device=latents.device)
+            positions: tuple[float, ...] = (0.0,)
         else:
-            positions = torch.full((n,), float(self.config.ref_index), device=latents.device)
+            positions = (float(self.config.ref_index),) * n
         x = self._embed(latents, None, channels)
         cond = self.t_embedder(timesteps)
-        rope = self.rope(positions, gh, gw)
+        rope = self.rope(positions, gh, gw, latents.device)
         kvs: list[KV] = []
         for block in self.blocks[:-1]:
             x, kv = block(x, cond, rope)
@@ -522,7 +537,7 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         b, r, n, heads, head_dim = rk0.shape
         m = 0 if context_kv is None else context_kv[0][0].shape[1]
         p = self.config.patch_size
-        rope = self.rope(self._positions(r, m, 0, rk0.device), latent_hw[0] // p, latent_hw[1] // p)
+        rope = self.rope(self._positions(r, m, 0), latent_hw[0] // p, latent_hw[1] // p, rk0.device)
         split = r * n  # reference rows | context rows
         out: list[KV] = []
         for i, (rk, rv) in enumerate(reference_kv):
@@ -567,7 +582,7 @@ class OmniHumanDiT(ModelMixin, ConfigMixin):
         x = self._embed(latents, conditioning.pose, self._repeat_frames(reference, f),
                         self._repeat_frames(last_context, f), guide)  # [B, F, N, D]
         cond = self.t_embedder(timesteps) + conditioning.text[:, None]  # [B, F, D]
-        rope = self.rope(torch.arange(f, device=latents.device, dtype=torch.float32), gh, gw)
+        rope = self.rope(tuple(map(float, range(f))), gh, gw, latents.device)
         for block, kv in zip(self.blocks, prefix):
             x, _ = block(x, cond, rope, kv, None, conditioning.audio)
         return self._unpatchify(self.final_layer(x, cond), h, w)

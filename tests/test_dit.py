@@ -210,3 +210,14 @@ def test_bad_config_is_an_input_error(tmp_path) -> None:
     with pytest.raises(InputError, match="multiples"):
         cfg.check_size(100, 128)
     assert isinstance(cfg, ModelConfig)
+
+
+def test_rope_tables_made_while_sampling_serve_training_too() -> None:
+    """The DiT keeps its RoPE tables; one first made under inference_mode (a preview during training) must
+    still work in a step that is differentiated afterwards."""
+    dit, x = make_dit(concat=True), inputs()
+    with torch.inference_mode():
+        before = full(dit, x)
+    out = full(dit, x)
+    out.abs().mean().backward()
+    assert torch.allclose(out.detach(), before) and dit.x_embedder.weight.grad is not None
