@@ -203,6 +203,8 @@ class DiTBlock(nn.Module):
         q = self.cross_q(self.norm_cross(xa)).reshape(b * fa, n, self.num_heads, -1)
         k, v = self.cross_kv(audio.reshape(b * fa, w, d)).reshape(b * fa, w, 2, self.num_heads, -1).unbind(2)
         o = dispatch_attention_fn(q, k, v).reshape(b, fa, n, d)
+        if fa == t:  # a chunk pass: every frame has audio
+            return x + self.cross_out(o)
         return torch.cat([x[:, : t - fa], x[:, t - fa:] + self.cross_out(o)], dim=1)
 
 
