@@ -101,10 +101,11 @@ def apply_rope(x: torch.Tensor, rope: torch.Tensor, out: torch.Tensor | None = N
     """Rotate channel pairs of x [B, L, H, D] by token l's complex rotations rope [L, D/2]; written into
     `out` [B, L, H, D] (a float32 view, e.g. a slice of a K buffer) when given."""
     pairs = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))  # [B, L, H, D/2]
-    if out is not None:
+    if out is not None and out.dtype == torch.float32:  # straight into the buffer
         torch.mul(pairs, rope[None, :, None], out=torch.view_as_complex(out.unflatten(-1, (-1, 2))))
         return out
-    return torch.view_as_real(pairs * rope[None, :, None]).flatten(-2).to(x.dtype)
+    rotated = torch.view_as_real(pairs * rope[None, :, None]).flatten(-2).to(x.dtype)
+    return rotated if out is None else out.copy_(rotated)
 
 
 def block_causal_mask(num_reference: int, num_context: int, num_chunk: int, tokens_per_frame: int,

@@ -221,3 +221,18 @@ def test_rope_tables_made_while_sampling_serve_training_too() -> None:
     out = full(dit, x)
     out.abs().mean().backward()
     assert torch.allclose(out.detach(), before) and dit.x_embedder.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@torch.no_grad()
+def test_cached_chunk_forward_runs_in_half_precision(dtype: torch.dtype) -> None:
+    """A DiT loaded in bfloat16 / float16 (a GPU deployment) streams too: its K/V buffers take the rotated keys."""
+    dit, x = make_dit(concat=True).to(dtype), inputs()
+    x = {k: v.to(dtype) for k, v in x.items()}
+    lat, t = x["latents"], x["timesteps"]
+    ref = full(dit, x)[:, R + M:].float()
+    ref_kv = dit.encode_kv(lat[:, :R], t[:, :R], frame_local=False)
+    ctx_kv = dit.encode_kv(lat[:, R:R + M], t[:, R:R + M], frame_local=True, reference=lat[:, 0])
+    out = dit.forward_chunk(lat[:, R + M:], t[:, R + M:], dit.prefix_kv(ref_kv, ctx_kv, (H, W), F), x["audio"],
+                            x["pose"], x["text"], reference=lat[:, 0], last_context=lat[:, R + M - 1])
+    assert out.dtype == dtype and (out.float() - ref).abs().max() < 0.05 * ref.abs().mean()
