@@ -51,7 +51,8 @@ def tap_rtp(receiver: RTCRtpReceiver, on_packet: Callable[[int], None]) -> None:
 
 
 def tap_encoded(sender: RTCRtpSender, on_encoded: Callable[[], None]) -> None:
-    """Call `on_encoded()` each time `sender` has taken a frame from its track and encoded it (not for frames it drops)."""
+    """Call `on_encoded()` each time `sender` has taken a frame from its track and encoded it (not for frames it
+    drops)."""
     next_encoded = getattr(sender, SENDER_NEXT_ENCODED)
 
     async def tapped(codec: Any) -> Any:

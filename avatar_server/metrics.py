@@ -82,7 +82,8 @@ class Metrics:
                                 registry=r)
         self.generate_seconds = Histogram("omnilive_generate_seconds", "one batched generate call",
                                           buckets=GENERATE_BUCKETS, registry=r)
-        self.stage_seconds = Histogram("omnilive_stage_seconds", "a chunk's (encode: a frame's) time in each stage (docs/server.md)",
+        self.stage_seconds = Histogram("omnilive_stage_seconds",
+                                       "a chunk's (encode: a frame's) time in each stage (docs/server.md)",
                                        ["stage"], buckets=STAGE_BUCKETS, registry=r)
         self.cost_fixed = Gauge("omnilive_engine_cost_fixed_seconds", "cost model: fixed seconds of a generate call",
                                 ["batch"], registry=r)

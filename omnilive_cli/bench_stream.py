@@ -31,7 +31,8 @@ def register(targets: argparse._SubParsersAction) -> None:
     parser = targets.add_parser(
         "stream", help="speed of live generation and max difference to the naive (uncached) path",
         description="Measure chunked streaming generation: cached sampler + VAE decode per chunk, the naive "
-                    "re-computation for comparison (the two take turns chunk by chunk), and the largest latent difference between the two.",
+                    "re-computation for comparison (the two take turns chunk by chunk), and the largest latent "
+                    "difference between the two.",
     )
     parser.add_argument("--config", default="tiny", help="model config (tiny, base, large or a .yaml) for --random-init")
     parser.add_argument("--random-init", action="store_true", help="untrained weights (speed measurement only)")
